@@ -1,0 +1,330 @@
+"""Typed, frozen run configuration.
+
+A run is described by one `Config`: YAML recipes in `jobs/configs/` plus `--set section.key=value` overrides.
+Unknown keys and values of the wrong type are rejected with the dotted key in the message. `Config.to_dict()` is
+what travels into W&B and into every checkpoint; `Config.from_dict()` reads it back (resume, evaluate, predict).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value is invalid; the message names the dotted key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    variant: Literal["lite", "full"] = "lite"
+    # 16 segments is the paper's main setting (ECO_REFERENCE.md); 4/8/32 also work.
+    num_segments: int = 16
+    # 0.3 for Kinetics, 0.6 for UCF101 fine-tuning in the authors' scripts.
+    dropout: float = 0.3
+    # Path or URI of the authors' checkpoint or one of ours; None trains from scratch.
+    pretrained: str | None = None
+
+    def validate(self) -> None:
+        _check(self.num_segments >= 1, "model.num_segments", "must be >= 1")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Directory written by `eco prepare` (manifest.parquet, labels.json) or the manifest file itself.
+    manifest: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    # Frames are resized to this short side inside the decode workers, so small uint8 tensors cross the object
+    # store; the trainer-side crop is `crop_size`. ECO: 256 -> 224 (the book used 224 -> 224).
+    short_side: int = 256
+    crop_size: int = 224
+    # Normalisation preset applied on the trainer's device: "eco" matches the authors' weights (BGR, 0-255,
+    # mean B104 G117 R128); see pipeline.data.transforms.NORMALIZATION_PRESETS.
+    normalization: str = "eco"
+    # Training augmentation: the TSN/ECO multi-scale crop + horizontal flip. Direction-of-motion tasks (the
+    # synthetic one) must turn the flip off: a flipped "left to right" clip is a "right to left" clip.
+    multiscale_crop: bool = True
+    horizontal_flip: bool = True
+    # Control experiment: shuffle the sampled frames in time (the model should then be near chance on a task
+    # that needs temporal order).
+    shuffle_frames: bool = False
+    # Ray Data decode stage: an actor pool of `decode_workers` actors, each holding `decode_cpus` logical CPUs
+    # and a killable child decode process. `decode_resources` pins decoding to e.g. CPU-only nodes.
+    decode_workers: int = 2
+    decode_cpus: float = 1.0
+    decode_resources: dict[str, float] = field(default_factory=dict)
+    decode_batch_size: int = 4
+    # decord's own thread count per reader: explicit, since 0 ("auto") breaks VP9 WebM (dmlc/decord#246).
+    decode_threads: int = 1
+    # A decode that takes longer is killed and its file quarantined (decord get_batch can hang, #269/#373).
+    decode_timeout_s: float = 60.0
+    # Restart the child decode process after this many clips to bound decord's memory growth.
+    decode_max_clips_per_process: int = 2000
+    # Clips each trainer prefetches ahead of the step.
+    prefetch_batches: int = 2
+
+    def validate(self) -> None:
+        _check(self.crop_size >= 32, "data.crop_size", "must be >= 32")
+        _check(self.short_side >= self.crop_size, "data.short_side", "must be >= data.crop_size")
+        _check(self.decode_workers >= 1, "data.decode_workers", "must be >= 1")
+        _check(self.decode_cpus > 0, "data.decode_cpus", "must be > 0")
+        _check(self.decode_batch_size >= 1, "data.decode_batch_size", "must be >= 1")
+        _check(self.decode_threads >= 1, "data.decode_threads", "must be >= 1 (0 breaks VP9, decord#246)")
+        _check(self.decode_timeout_s > 0, "data.decode_timeout_s", "must be > 0")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    # SGD with Nesterov momentum (authors' recipe). `lr` is for `base_batch_size` clips per optimiser step and is
+    # scaled linearly with the real global batch (workers x batch_size x grad_accum_steps).
+    lr: float = 0.001
+    base_batch_size: int = 60
+    momentum: float = 0.9
+    nesterov: bool = True
+    # Not applied to BatchNorm parameters and biases.
+    weight_decay: float = 5e-4
+    clip_grad_norm: float | None = 40.0
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    # For "step": multiply by `lr_decay` at each of these epochs.
+    lr_steps: tuple[int, ...] = (15, 30)
+    lr_decay: float = 0.1
+    warmup_epochs: float = 0.0
+    # Cosine decays to lr * min_lr_ratio.
+    min_lr_ratio: float = 0.0
+
+    def validate(self) -> None:
+        _check(self.lr > 0, "optim.lr", "must be > 0")
+        _check(self.base_batch_size >= 1, "optim.base_batch_size", "must be >= 1")
+        _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _check(self.clip_grad_norm is None or self.clip_grad_norm > 0, "optim.clip_grad_norm", "must be > 0 or null")
+        _check(self.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 40
+    # Clips per worker per micro-batch; the optimiser steps every `grad_accum_steps` micro-batches
+    # (authors: 15 x 4).
+    batch_size: int = 15
+    grad_accum_steps: int = 1
+    eval_every_epochs: int = 1
+    eval_batch_size: int = 16
+    # Drives TSN offsets (from seed, epoch, video), init and shuffles.
+    seed: int = 0
+    # On GPU: bf16 autocast and channels_last_3d (ignored on CPU).
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    # Log per-step metrics every N optimiser steps.
+    log_every_steps: int = 10
+    # Stop after this many optimiser steps in total (0: no limit); used by tests and smoke runs.
+    max_steps: int = 0
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
+        _check(self.eval_every_epochs >= 1, "train.eval_every_epochs", "must be >= 1")
+        _check(self.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
+        _check(self.max_steps >= 0, "train.max_steps", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    # Extra custom resources per training worker (e.g. {"gpu_node": 0.01}).
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    # Ray address; None starts (or joins) a local instance by itself.
+    address: str | None = None
+    # Logical CPUs for an auto-started local Ray instance (None: Ray's default). On 2 cores use 4+ so that the
+    # training workers leave room for the decode stage.
+    local_num_cpus: int | None = None
+
+    def validate(self) -> None:
+        _check(self.num_workers >= 1, "scaling.num_workers", "must be >= 1")
+        _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    # Local directory or URI (s3://, gs://) given to RunConfig(storage_path=...).
+    storage_path: str = "outputs/runs"
+    # Submitting the same name again resumes from its latest checkpoint.
+    run_name: str = "eco"
+    # Worker failures tolerated before the run fails (FailureConfig.max_failures).
+    max_failures: int = 3
+
+    def validate(self) -> None:
+        _check(bool(self.run_name), "checkpoint.run_name", "must be non-empty")
+        _check(self.max_failures >= -1, "checkpoint.max_failures", "must be >= -1 (-1: unlimited)")
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    enabled: bool = True
+    project: str = "eco-pipeline"
+    entity: str | None = None
+    # "offline" unless the user configures an API key and asks for "online"; the key is read from the
+    # environment by wandb itself, never from the config.
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    # Where offline runs are written (wandb's `dir`); None puts them under the run's storage directory.
+    dir: str | None = None
+    log_sample_clips: int = 4
+
+    def validate(self) -> None:
+        _check(self.log_sample_clips >= 0, "wandb.log_sample_clips", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists): for W&B, checkpoints and `weights_only` loading."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        return _build(cls, data, prefix="").validate()
+
+    def replace(self, overrides: list[str] | dict[str, Any]) -> "Config":
+        """Apply `section.key=value` overrides (strings are parsed as YAML scalars)."""
+        data = self.to_dict()
+        items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
+        for key, value in items:
+            _set_dotted(data, key, value)
+        return Config.from_dict(data)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML recipe (None: defaults) and apply `--set` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(data).__name__}")
+        # Recipes may carry prose (command, expected time/accuracy) under `recipe:`; it is not configuration.
+        data.pop("recipe", None)
+    cfg = Config.from_dict(data)
+    return cfg.replace(overrides) if overrides else cfg
+
+
+def _check(ok: bool, key: str, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {expected}")
+
+
+def _split_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected section.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from e
+    return key.strip(), value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"override {key!r}: expected section.key (sections: {', '.join(data)})")
+    section, name = parts
+    if section not in data:
+        raise ConfigError(f"unknown config section {section!r} in {key!r}; valid: {', '.join(data)}")
+    if name not in data[section]:
+        raise ConfigError(f"unknown config key {key!r}; valid: {', '.join(section + '.' + k for k in data[section])}")
+    data[section][name] = value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        valid = ", ".join(f"{prefix}{n}" for n in sorted(names))
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + u for u in unknown)}; valid: {valid}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, prefix=f"{key}.")
+        else:
+            kwargs[name] = _coerce(value, hint, key)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint!r}")  # a bug in this module, not in the user's config
