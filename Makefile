@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Torch and torchvision must come from the same build: install them together first.
-TORCH_SPEC ?= torch>=2.4,<=2.14.1 torchvision>=0.19,<=0.29.1
+TORCH_SPEC ?= "torch>=2.4,<=2.14.1" "torchvision>=0.19,<=0.29.1"
 
 .PHONY: setup demo test test-fast bench clean
 

@@ -164,10 +164,13 @@ class CheckpointConfig:
     run_name: str = "eco"
     # Worker failures tolerated before the run fails (FailureConfig.max_failures).
     max_failures: int = 3
+    # Checkpoints kept by validation top-1 (CheckpointConfig.num_to_keep); Ray Train also always keeps the latest.
+    num_to_keep: int = 1
 
     def validate(self) -> None:
         _check(bool(self.run_name), "checkpoint.run_name", "must be non-empty")
         _check(self.max_failures >= -1, "checkpoint.max_failures", "must be >= -1 (-1: unlimited)")
+        _check(self.num_to_keep >= 1, "checkpoint.num_to_keep", "must be >= 1")
 
 
 @dataclass(frozen=True)
