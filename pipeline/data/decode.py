@@ -1,0 +1,618 @@
+"""Video decoding: the only module that imports decord. Robust to decord 0.6.0's failure modes.
+
+What goes wrong with decord 0.6.0 on real-world video, and what this module does about it:
+- VP9 WebM fails with "Error sending packet" for some files when decord picks its thread count (num_threads=0,
+  the default, dmlc/decord#246): the thread count is always explicit here (default 1; one decode process per core
+  is also the fastest layout per core).
+- Frame counts are over-reported (e.g. a WebM or MP4 cut mid-GOP: packets whose reference frames are not in the
+  file are counted but never decoded) and indices past the real end silently return the last frame again.
+  `probe` counts the frames that actually decode (sequentially, at a tiny output size so it costs little more
+  than the codec itself) and `decode_frames` clamps indices to that count (`num_frames`).
+- Stream-copied cuts that start mid-GOP (how many Kinetics clips were cut): random access maps indices to the
+  wrong frames and returns the same frame for several indices. Such files (first keyframe not at index 0) are
+  decoded sequentially, which yields exactly the presentable frames in order (FFmpeg's own numbering); random
+  access results are checked for byte-identical frames at distinct indices, and fall back to sequential decoding.
+- Frames of some widths (2, 3, 4, 6, 8, 12, 16, 24, 48, 72 px: every width in 2..2100 that failed) come back with
+  a corrupt shape or a buffer-size error: such frames are decoded by decord's own scaler at a width it handles
+  (one pixel wider) and resized back. `probe` rejects videos whose short side is below `min_side` as too_small.
+- A missing file, a directory, an empty file or a text file all raise the same vague error: the path is checked
+  first and `DecodeError` carries a stable reason code (missing, is_directory, empty_file, not_a_video,
+  no_video_stream, too_small, truncated, decode_error, timeout, crashed) and the path.
+- `get_batch` can hang forever in native code (dmlc/decord#269, #373, #375) or crash the process, and memory
+  grows over many readers: `IsolatedDecoder` runs decoding in a persistent child process that is killed on a
+  timeout or replaced after a crash, and recycled every `max_clips_per_process` clips.
+Paths may be URIs (s3://, gs://, file://, ...): the bytes are read through pyarrow.fs and decord gets a file-like
+object (decord copies it into memory; fine for clips, which are a few MB).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import multiprocessing
+import os
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+# Import order matters: decord loads its bundled FFmpeg/libvpx with RTLD_GLOBAL, after which PyAV's libavcodec
+# binds to decord's older libvpx and cannot open the VP9 encoder ("avcodec_open2 returned 22"). Loading PyAV
+# first (through encode, the one PyAV module) keeps both working in one process.
+from pipeline.data.encode import stream_info
+
+import decord  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# FFmpeg logs every packet with missing references (mid-GOP cuts) at warning level from inside decord; failures
+# reach callers as DecodeError, so the native log is silenced.
+decord.logging.set_level(decord.logging.QUIET)
+
+REASONS = frozenset({
+    "missing", "is_directory", "empty_file", "not_a_video", "no_video_stream", "too_small", "truncated",
+    "decode_error", "timeout", "crashed",
+})
+# Videos whose short side is below this are rejected by `probe` (a 112-224 px crop from them is mostly blur).
+MIN_SIDE = 32
+# Output widths for which decord 0.6.0 returns frames with a wrong channel count or raises a buffer-size mismatch
+# (its RGB buffer stride guess is wrong), measured for every width from 2 to 2100 px (native and scaled).
+DECORD_BAD_WIDTHS = frozenset({2, 3, 4, 6, 8, 12, 16, 24, 48, 72})
+# Size of the frames `probe` decodes to count them: only their identity matters, and scaling in decord's
+# converter makes counting cost little more than the codec.
+_COUNT_SIZE = (64, 64)
+_HEAD_BYTES = 4096
+
+
+class DecodeError(RuntimeError):
+    """A video that cannot be used: `.path`, `.reason` (a code from REASONS) and `.detail` (human-readable)."""
+
+    def __init__(self, path: str, reason: str, detail: str = "") -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown decode failure reason {reason!r}; valid: {', '.join(sorted(REASONS))}")
+        self.path, self.reason, self.detail = str(path), reason, detail
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+
+    def __reduce__(self):  # crosses process boundaries (IsolatedDecoder, Ray) with its fields intact
+        return (DecodeError, (self.path, self.reason, self.detail))
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What `probe` found. `num_frames` counts frames that actually decode; `reported_frames` is decord's claim."""
+
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    duration: float
+    codec: str
+    reported_frames: int = 0
+    # The first keyframe is not the first frame (a stream-copied cut): decoded sequentially.
+    mid_gop: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Opening: path checks, URIs, classified errors
+# --------------------------------------------------------------------------------------------------------------
+
+def is_uri(path: str) -> bool:
+    """True for scheme://... paths (s3://, gs://, file://, hdfs://); False for plain local paths."""
+    scheme, sep, _ = str(path).partition("://")
+    return bool(sep) and len(scheme) > 1 and scheme.replace("+", "").isalnum()
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        # A multi-byte character cut at the end of the head is still text.
+        try:
+            text = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return all(c.isprintable() or c in "\t\n\r\f\v" for c in text)
+
+
+def _known_container(head: bytes) -> bool:
+    """Magic numbers of the containers video datasets use: MP4/MOV, Matroska/WebM, AVI, MPEG-TS, FLV, Ogg."""
+    return (
+        head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
+        or head[:4] == b"\x1a\x45\xdf\xa3"
+        or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+        or (len(head) > 188 and head[0] == 0x47 and head[188] == 0x47)
+        or head[:3] == b"FLV"
+        or head[:4] == b"OggS"
+    )
+
+
+def _read_source(path: str) -> tuple[str | bytes, bytes]:
+    """Check the path; return (what decord opens: a local path or the file's bytes, the first bytes).
+
+    Raises DecodeError missing / is_directory / empty_file / not_a_video (text) with the path.
+    """
+    path = str(path)
+    if is_uri(path):
+        import pyarrow.fs as pafs
+
+        try:
+            fs, inner = pafs.FileSystem.from_uri(path)
+            info = fs.get_file_info(inner)
+        except (OSError, ValueError) as e:
+            raise DecodeError(path, "missing", f"cannot reach it through pyarrow.fs: {e}") from e
+        if info.type == pafs.FileType.NotFound:
+            raise DecodeError(path, "missing", "no such object")
+        if info.type == pafs.FileType.Directory:
+            raise DecodeError(path, "is_directory", "a directory, not a video file")
+        if info.size == 0:
+            raise DecodeError(path, "empty_file", "0 bytes")
+        try:
+            with fs.open_input_file(inner) as f:
+                data = f.read()
+        except OSError as e:
+            raise DecodeError(path, "missing", f"cannot read it through pyarrow.fs: {e}") from e
+        source, head = data, data[:_HEAD_BYTES]
+    else:
+        if not os.path.lexists(path):
+            raise DecodeError(path, "missing", "no such file")
+        if os.path.isdir(path):
+            raise DecodeError(path, "is_directory", "a directory, not a video file")
+        try:
+            size = os.path.getsize(path)
+            with open(path, "rb") as f:
+                head = f.read(_HEAD_BYTES)
+        except OSError as e:
+            raise DecodeError(path, "missing", f"cannot read it: {e}") from e
+        if size == 0:
+            raise DecodeError(path, "empty_file", "0 bytes")
+        source = path
+    if _looks_like_text(head):
+        raise DecodeError(path, "not_a_video", f"looks like a text file: {head[:40]!r}")
+    return source, head
+
+
+def _reader(source: str | bytes, *, num_threads: int, width: int = -1, height: int = -1) -> decord.VideoReader:
+    if isinstance(source, bytes):
+        return decord.VideoReader(io.BytesIO(source), ctx=decord.cpu(0), width=width, height=height,
+                                  num_threads=num_threads)
+    return decord.VideoReader(source, ctx=decord.cpu(0), width=width, height=height, num_threads=num_threads)
+
+
+def _stream_info(path: str, source: str | bytes, head: bytes) -> dict[str, Any]:
+    """Codec, native size and fps from the container header (FFmpeg through pipeline.data.encode)."""
+    try:
+        info = stream_info(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except (ValueError, OSError) as e:
+        if _known_container(head):
+            raise DecodeError(path, "truncated", f"a known container whose index cannot be read: {e}") from e
+        raise DecodeError(path, "not_a_video", f"no known container format: {e}") from e
+    if info is None:
+        raise DecodeError(path, "no_video_stream", "the container holds no video stream (audio only?)")
+    if info["width"] <= 0 or info["height"] <= 0:
+        raise DecodeError(path, "decode_error", f"video stream without a frame size ({info['codec']})")
+    return info
+
+
+def _open(path: str, source: str | bytes, head: bytes, *, num_threads: int, width: int = -1,
+          height: int = -1) -> decord.VideoReader:
+    try:
+        return _reader(source, num_threads=num_threads, width=width, height=height)
+    except Exception as e:  # decord raises DECORDError, RuntimeError or AssertionError for unreadable files
+        # Classify with FFmpeg's view of the header; if even that reads fine, decord itself failed.
+        _stream_info(path, source, head)
+        raise DecodeError(path, "decode_error", f"decord cannot open it: {_short(e)}") from e
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"[:300]
+
+
+def scaled_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+    """(height, width) after scaling the short side to `short_side` (None: unchanged).
+
+    The same rounding as pipeline.data.transforms.short_side_size (a test checks they agree); repeated here so
+    the decode process never imports torch.
+    """
+    if not short_side:
+        return height, width
+    if height <= width:
+        return short_side, max(1, round(width * short_side / height))
+    return max(1, round(height * short_side / width)), short_side
+
+
+def _is_mid_gop(reader: decord.VideoReader) -> bool:
+    keys = reader.get_key_indices()
+    # No keyframe flags at all: random access has nothing to seek to either.
+    return not keys or keys[0] > 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sequential decoding: the reference numbering for files whose random access cannot be trusted
+# --------------------------------------------------------------------------------------------------------------
+
+def _iter_sequential(make_reader: Callable[[], decord.VideoReader], mid_gop: bool):
+    """Yield decoded frames (uint8 numpy) in presentation order.
+
+    Reading from the start with next() yields FFmpeg's presentable frames for most mid-GOP cuts; for some (B-frames
+    before the first keyframe) decord's initial seek fails and it yields nothing: then seek to the first keyframe
+    and read from there, which is where the presentable frames start.
+    """
+    reader = make_reader()
+    yielded = 0
+    try:
+        while True:
+            yield reader.next().asnumpy()
+            yielded += 1
+    except StopIteration:
+        pass
+    if yielded or not mid_gop:
+        return
+    reader = make_reader()
+    keys = reader.get_key_indices()
+    if not keys:
+        return
+    reader.seek(keys[0])
+    try:
+        while True:
+            yield reader.next().asnumpy()
+    except StopIteration:
+        return
+
+
+def _count_presentable(frames) -> tuple[int, int]:
+    """(frames that decode, frames decord yielded): a trailing run of byte-identical frames counts once.
+
+    decord pads the end of an over-reported stream with copies of the last real frame. A real video ending in
+    identical frames (a still) loses only copies of the same image, so sampling is unaffected.
+    """
+    total, last_distinct, previous = 0, 0, None
+    for frame in frames:
+        total += 1
+        if previous is None or not np.array_equal(frame, previous):
+            last_distinct = total
+        previous = frame
+    return last_distinct, total
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------------------------
+
+def probe(path: str, *, num_threads: int = 1, min_side: int = MIN_SIDE, exact: bool = True) -> VideoInfo:
+    """Facts about a video for the manifest; `num_frames` counts frames that actually decode.
+
+    `exact` decodes the whole stream once at 64x64 to count decodable frames (cheap next to training); with
+    exact=False the count is decord's index minus the undecodable head of a mid-GOP cut (no decoding).
+    Raises DecodeError with a reason code.
+    """
+    path = str(path)
+    source, head = _read_source(path)
+    info = _stream_info(path, source, head)
+    width, height = info["width"], info["height"]
+    if min(width, height) < min_side:
+        raise DecodeError(path, "too_small", f"{width}x{height} frames; need a short side >= {min_side} px")
+    count_w, count_h = _COUNT_SIZE
+    reader = _open(path, source, head, num_threads=num_threads, width=count_w, height=count_h)
+    reported = len(reader)
+    mid_gop = _is_mid_gop(reader)
+    fps = float(reader.get_avg_fps() or info["fps"] or 0.0)
+    if exact:
+        def make_reader():
+            return _reader(source, num_threads=num_threads, width=count_w, height=count_h)
+
+        try:
+            num_frames, yielded = _count_presentable(_iter_sequential(make_reader, mid_gop))
+        except Exception as e:  # DECORDError mid-stream: a damaged file
+            raise DecodeError(path, "decode_error", f"decoding failed: {_short(e)}") from e
+        if num_frames != reported:
+            log.debug("%s: decord reports %d frames, %d decode (%d yielded)", path, reported, num_frames, yielded)
+    else:
+        keys = reader.get_key_indices()
+        num_frames = reported - (keys[0] if keys else 0)
+    if num_frames < 1:
+        raise DecodeError(path, "decode_error", f"no frame decodes (decord reports {reported})")
+    return VideoInfo(
+        num_frames=int(num_frames), fps=fps, width=int(width), height=int(height),
+        duration=float(num_frames / fps) if fps > 0 else 0.0, codec=str(info["codec"]),
+        reported_frames=int(reported), mid_gop=bool(mid_gop),
+    )
+
+
+def decode_frames(
+    path: str,
+    indices,
+    *,
+    short_side: int | None = None,
+    num_threads: int = 1,
+    num_frames: int | None = None,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Decode exactly the frames at `indices` -> uint8 RGB (len(indices), H, W, 3), in the order given.
+
+    `num_frames`: the decodable count from `probe` (the manifest); indices are clamped to [0, num_frames), since
+    decord repeats the last frame past the real end. Without it, decord's (possibly over-reported) count is used.
+    `short_side`: frames come out with this short side (aspect kept), scaled by decord's converter while decoding.
+    `size`: the native (width, height) if known (the manifest has it), saving a header read.
+    `num_threads`: decord's thread count, explicit (0 = "auto" breaks VP9, dmlc/decord#246).
+    Raises DecodeError with a reason code.
+    """
+    path = str(path)
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size == 0:
+        raise ValueError(f"{path}: no frame indices to decode")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1 (0 breaks VP9 WebM, dmlc/decord#246), got {num_threads}")
+    source, head = _read_source(path)
+    if size is None:
+        info = _stream_info(path, source, head)
+        size = (info["width"], info["height"])
+    width, height = int(size[0]), int(size[1])
+    out_h, out_w = scaled_size(height, width, short_side)
+    # decord corrupts frames of some widths: decode one pixel wider and resize back (see DECORD_BAD_WIDTHS).
+    dec_w = out_w + 1 if out_w in DECORD_BAD_WIDTHS else out_w
+    scaled = (dec_w, out_h) != (width, height)
+    reader_size = dict(width=dec_w, height=out_h) if scaled else {}
+
+    reader = _open(path, source, head, num_threads=num_threads, **reader_size)
+    reported = len(reader)
+    mid_gop = _is_mid_gop(reader)
+    limit = min(int(num_frames), reported) if num_frames else reported
+    idx = np.clip(idx, 0, max(limit - 1, 0))
+    try:
+        if mid_gop:
+            frames = _decode_sequential(source, idx, num_threads, reader_size, mid_gop=True)
+        else:
+            frames = reader.get_batch(idx.tolist()).asnumpy()
+            if _repeats_distinct_indices(idx, frames):
+                log.debug("%s: random access returned identical frames for distinct indices; decoding sequentially",
+                          path)
+                frames = _decode_sequential(source, idx, num_threads, reader_size, mid_gop=False)
+    except DecodeError:
+        raise
+    except Exception as e:
+        if num_threads > 1 and "Error sending packet" in str(e):
+            # dmlc/decord#246: decord's threaded decoder rejects some VP9 packets with EAGAIN; one thread works.
+            log.debug("%s: threaded decode failed (%s); retrying with one thread", path, _short(e))
+            return decode_frames(path, indices, short_side=short_side, num_threads=1, num_frames=num_frames,
+                                 size=size)
+        if "DECORDArrayCopyFromTo" in str(e) or isinstance(e, ValueError):
+            raise DecodeError(path, "too_small", f"decord returned corrupt frames for {dec_w}x{out_h}: {_short(e)}") from e
+        raise DecodeError(path, "decode_error", f"decoding frames {idx.min()}..{idx.max()} failed: {_short(e)}") from e
+    if frames.shape != (len(idx), out_h, dec_w, 3):
+        raise DecodeError(path, "too_small" if min(out_w, out_h) < MIN_SIDE else "decode_error",
+                          f"decord returned frames of shape {frames.shape[1:]}, expected {(out_h, dec_w, 3)}")
+    if dec_w != out_w:
+        from pipeline.data.transforms import resize
+
+        frames = resize(frames, out_h, out_w)
+    return frames
+
+
+def _repeats_distinct_indices(idx: np.ndarray, frames: np.ndarray) -> bool:
+    """True if two different indices came back as byte-identical frames (decord's silent duplicates)."""
+    order = np.argsort(idx, kind="stable")
+    for a, b in zip(order[:-1], order[1:]):
+        if idx[a] != idx[b] and np.array_equal(frames[a], frames[b]):
+            return True
+    return False
+
+
+def _decode_sequential(source, idx: np.ndarray, num_threads: int, reader_size: dict, *, mid_gop: bool) -> np.ndarray:
+    """Read frames in order up to max(idx) and keep the requested ones; indices past the end get the last frame."""
+    wanted = set(idx.tolist())
+    last_wanted = int(idx.max())
+    kept: dict[int, np.ndarray] = {}
+    last = None
+    position = -1
+    for position, frame in enumerate(_iter_sequential(
+            lambda: _reader(source, num_threads=num_threads, **reader_size), mid_gop)):
+        last = frame
+        if position in wanted:
+            kept[position] = frame
+        if position >= last_wanted:
+            break
+    if last is None:
+        raise RuntimeError("no frame decodes sequentially")
+    return np.stack([kept.get(int(i), last) for i in idx])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# IsolatedDecoder: decoding in a killable child process
+# --------------------------------------------------------------------------------------------------------------
+
+def _serve(conn) -> None:
+    """Child process loop: receive (fn, args, kwargs), send ("ok", result) or ("error", DecodeError)."""
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        fn, args, kwargs = message
+        try:
+            reply = ("ok", fn(*args, **kwargs))
+        except DecodeError as e:
+            reply = ("error", e)
+        except Exception as e:  # anything else is reported as a decode failure of this file, not a child crash
+            reply = ("error", DecodeError(str(args[0]) if args else "?", "decode_error", _short(e)))
+        conn.send(reply)
+
+
+class IsolatedDecoder:
+    """Decode and probe in a persistent child process that can be killed.
+
+    A call that takes longer than `timeout_s` kills the child and raises DecodeError(reason="timeout"); a child
+    that dies (segfault, os._exit, OOM kill) raises DecodeError(reason="crashed"); the next call starts a fresh
+    child transparently. The child is replaced every `max_clips_per_process` calls to bound decord's memory growth.
+    `decode_fn` / `probe_fn` replace decode_frames / probe in the child (module-level functions, pickled by
+    reference: tests inject hanging or crashing ones, see tests/faults.py).
+    The child is started with `start_method` ("spawn" or "forkserver"): forking a process that runs Ray or torch
+    threads is unsafe. One call at a time (calls are serialised by a lock).
+    """
+
+    def __init__(
+        self,
+        timeout_s: float = 60.0,
+        max_clips_per_process: int = 2000,
+        decode_fn: Callable[..., np.ndarray] | None = None,
+        probe_fn: Callable[..., VideoInfo] | None = None,
+        *,
+        start_method: str = "spawn",
+        start_timeout_s: float = 120.0,
+    ) -> None:
+        if timeout_s <= 0 or max_clips_per_process < 1:
+            raise ValueError(f"need timeout_s > 0 and max_clips_per_process >= 1, got {timeout_s}, "
+                             f"{max_clips_per_process}")
+        if start_method not in ("spawn", "forkserver"):
+            raise ValueError(f"start_method must be 'spawn' or 'forkserver' (fork is unsafe), got {start_method!r}")
+        self.timeout_s = float(timeout_s)
+        self.max_clips_per_process = int(max_clips_per_process)
+        self.decode_fn = decode_fn or decode_frames
+        self.probe_fn = probe_fn or probe
+        self.start_timeout_s = float(start_timeout_s)
+        self._context = multiprocessing.get_context(start_method)
+        self._lock = threading.Lock()
+        self._process = None
+        self._conn = None
+        self._calls_in_process = 0
+        self.processes_started = 0
+
+    # -- public -----------------------------------------------------------------------------------------------
+    def decode(self, path: str, indices, **kwargs) -> np.ndarray:
+        """decode_frames(path, indices, **kwargs) in the child; same result, same DecodeError reasons + timeout/crashed."""
+        return self._call(path, self.decode_fn, (str(path), np.asarray(indices, dtype=np.int64)), kwargs)
+
+    def probe(self, path: str, **kwargs) -> VideoInfo:
+        """probe(path, **kwargs) in the child."""
+        return self._call(path, self.probe_fn, (str(path),), kwargs)
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None before the first call or after close)."""
+        return self._process.pid if self._process is not None else None
+
+    def close(self) -> None:
+        """Stop the child (politely, then by force)."""
+        with self._lock:
+            self._stop()
+
+    def __enter__(self) -> "IsolatedDecoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self._stop()
+        except Exception:
+            pass
+
+    def __getstate__(self):
+        raise TypeError("IsolatedDecoder owns a process; create one per worker instead of pickling it")
+
+    # -- internals --------------------------------------------------------------------------------------------
+    def _call(self, path: str, fn: Callable, args: tuple, kwargs: dict):
+        with self._lock:
+            if self._process is None or not self._process.is_alive():
+                self._stop()
+                self._start()
+            try:
+                self._conn.send((fn, args, kwargs))
+            except (BrokenPipeError, OSError) as e:
+                code = self._kill()
+                raise DecodeError(path, "crashed", f"decode process gone before the call (exit code {code})") from e
+            if not self._conn.poll(self.timeout_s):
+                self._kill()
+                raise DecodeError(path, "timeout", f"no result within {self.timeout_s:g}s; decode process killed")
+            try:
+                status, payload = self._conn.recv()
+            except (EOFError, OSError) as e:
+                code = self._kill()
+                raise DecodeError(path, "crashed", f"decode process died (exit code {code})") from e
+            self._calls_in_process += 1
+            if self._calls_in_process >= self.max_clips_per_process:
+                self._stop()
+        if status == "error":
+            raise payload
+        return payload
+
+    def _start(self) -> None:
+        parent, child = self._context.Pipe(duplex=True)
+        process = self._context.Process(target=_serve, args=(child,), name="eco-decode", daemon=True)
+        process.start()
+        child.close()
+        if not parent.poll(self.start_timeout_s):
+            process.kill()
+            process.join()
+            raise RuntimeError(f"decode process did not start within {self.start_timeout_s:g}s")
+        try:
+            parent.recv()
+        except (EOFError, OSError) as e:
+            process.join()
+            raise RuntimeError(f"decode process exited while starting (exit code {process.exitcode})") from e
+        self._process, self._conn = process, parent
+        self._calls_in_process = 0
+        self.processes_started += 1
+        log.debug("decode process %d started", process.pid)
+
+    def _kill(self) -> int | None:
+        process, self._process = self._process, None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if process is None:
+            return None
+        if process.is_alive():
+            process.kill()
+        process.join()
+        return process.exitcode
+
+    def _stop(self) -> None:
+        process = self._process
+        if process is not None and process.is_alive() and self._conn is not None:
+            try:
+                self._conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            process.join(timeout=5)
+        self._kill()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Baselines for `eco bench decode` (kept here: this is the only decord importer)
+# --------------------------------------------------------------------------------------------------------------
+
+def naive_get_batch(path: str, indices) -> np.ndarray:
+    """What common data loaders do: decord.VideoReader(path) with default settings (automatic thread count), then
+    get_batch at full resolution. None of this module's defences; for benchmarks only."""
+    reader = decord.VideoReader(str(path))
+    return reader.get_batch([int(i) for i in indices]).asnumpy()
+
+
+def decode_all(path: str, *, num_threads: int = 1, short_side: int | None = None,
+               size: tuple[int, int] | None = None) -> int:
+    """Decode every frame of `path` sequentially (benchmark floor: the cost of the whole file); returns the count."""
+    source, head = _read_source(str(path))
+    if short_side:
+        if size is None:
+            info = _stream_info(str(path), source, head)
+            size = (info["width"], info["height"])
+        out_h, out_w = scaled_size(int(size[1]), int(size[0]), short_side)
+        reader = _reader(source, num_threads=num_threads, width=out_w, height=out_h)
+    else:
+        reader = _reader(source, num_threads=num_threads)
+    count = 0
+    try:
+        while True:
+            reader.next()
+            count += 1
+    except StopIteration:
+        return count

@@ -1,0 +1,227 @@
+"""Video writing with PyAV: the only module that imports `av`.
+
+Used by the synthetic dataset, the decode benchmark and the tests (which write the real videos they decode).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable, Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+import av
+
+log = logging.getLogger(__name__)
+
+# Codec -> the pixel format its encoder takes and the containers it is usually stored in.
+CODECS: dict[str, str] = {
+    "libx264": "yuv420p",
+    "mpeg4": "yuv420p",
+    "libvpx-vp9": "yuv420p",
+    "libvpx": "yuv420p",
+}
+
+
+class EncodeError(RuntimeError):
+    """Writing a video failed; names the output path."""
+
+
+def write_video(
+    path: str | Path,
+    frames: np.ndarray | Iterable[np.ndarray],
+    fps: float,
+    *,
+    codec: str = "libx264",
+    gop: int | None = None,
+    crf: int | None = None,
+    bitrate: int | None = None,
+    preset: str = "veryfast",
+    bframes: int | None = None,
+) -> Path:
+    """Write uint8 RGB frames (F, H, W, 3) to `path` (the container follows the extension: .mp4, .avi, .webm, .mkv).
+
+    `frames` may also be an iterable of (H, W, 3) frames, so long videos never sit in memory whole.
+    `codec`: "libx264" (H.264, MP4/MKV), "mpeg4" (MPEG-4 Part 2, AVI), "libvpx-vp9" (VP9, WebM), "libvpx" (VP8).
+    `gop` is the keyframe interval (None: the encoder's default, 250 for x264). `crf` sets constant quality for
+    libx264/libvpx-vp9 (default 18 for x264, 32 for VP9); `bitrate` (bits/s) is used for mpeg4 or when given.
+    `bframes`=0 disables B-frames (x264), which makes decode order equal presentation order.
+    4:2:0 encoders need even frame sizes.
+    """
+    path = Path(path)
+    if isinstance(frames, np.ndarray):
+        if frames.ndim != 4 or len(frames) == 0:
+            raise EncodeError(f"{path}: expected uint8 frames (F, H, W, 3) with F >= 1, got {frames.dtype} {frames.shape}")
+        iterator: Iterator[np.ndarray] = iter(frames)
+    else:
+        iterator = iter(frames)
+    first = next(iterator, None)
+    if first is None:
+        raise EncodeError(f"{path}: no frames to write")
+    first = np.asarray(first)
+    if first.ndim != 3 or first.shape[-1] != 3 or first.dtype != np.uint8:
+        raise EncodeError(f"{path}: expected uint8 RGB frames (H, W, 3), got {first.dtype} {first.shape}")
+    if codec not in CODECS:
+        raise EncodeError(f"{path}: unsupported codec {codec!r}; valid: {', '.join(CODECS)}")
+    height, width, _ = first.shape
+    if height % 2 or width % 2:
+        raise EncodeError(f"{path}: {codec}/yuv420p needs even frame sizes, got {width}x{height}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    options: dict[str, str] = {}
+    if codec == "libx264":
+        options["crf"] = str(18 if crf is None else crf)
+        options["preset"] = preset
+        if bframes is not None:
+            options["bf"] = str(bframes)
+        if gop is not None:
+            # A fixed GOP: x264 would otherwise also insert keyframes at scene cuts.
+            options["x264-params"] = f"keyint={int(gop)}:min-keyint={int(gop)}:scenecut=0"
+    elif codec == "libvpx-vp9":
+        options["crf"] = str(32 if crf is None else crf)
+        # libvpx-vp9 otherwise needs b=0 for pure CRF mode and is very slow by default; tests need tiny, fast files.
+        options["b"] = "0"
+        options["deadline"] = "realtime"
+        options["cpu-used"] = "8"
+    rate = Fraction(fps).limit_denominator(1001)
+    try:
+        with av.open(str(path), mode="w") as container:
+            stream = container.add_stream(codec, rate=rate, options=options)
+            stream.width, stream.height = width, height
+            stream.pix_fmt = CODECS[codec]
+            if gop is not None:
+                stream.codec_context.gop_size = int(gop)
+            if bitrate is not None or codec in ("mpeg4", "libvpx"):
+                stream.bit_rate = int(bitrate or 2_000_000)
+            count = 0
+            for array in itertools.chain([first], iterator):
+                if array.shape != first.shape or array.dtype != np.uint8:
+                    raise ValueError(f"frame {count} is {array.dtype} {array.shape}, expected uint8 {first.shape}")
+                count += 1
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode(None):
+                container.mux(packet)
+    except (av.FFmpegError, ValueError, OSError) as e:
+        raise EncodeError(f"{path}: writing frames with {codec} failed: {e}") from e
+    return path
+
+
+def write_audio_only(path: str | Path, *, seconds: float = 1.0, sample_rate: int = 16000,
+                     codec: str = "aac") -> Path:
+    """Write a file with one audio stream and no video stream (a 440 Hz tone): a "video" decord cannot open."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = int(seconds * sample_rate)
+    t = np.arange(n, dtype=np.float32) / sample_rate
+    samples = (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=sample_rate)
+        stream.layout = "mono"
+        chunk = 1024
+        for start in range(0, n, chunk):
+            block = samples[start:start + chunk][None, :]
+            frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono")
+            frame.sample_rate = sample_rate
+            frame.pts = start
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def cut_stream_copy(src: str | Path, dst: str | Path, start_packet: int) -> Path:
+    """Remux the video packets of `src` from packet index `start_packet` (in decode order) on, without re-encoding.
+
+    With `start_packet` not on a keyframe this reproduces how many Kinetics clips were cut (`ffmpeg -ss ... -c copy`):
+    the file starts mid-GOP, so its first packets reference a keyframe that is not in the file.
+    """
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(src)) as inp:
+        in_stream = inp.streams.video[0]
+        with av.open(str(dst), mode="w") as out:
+            out_stream = out.add_stream_from_template(in_stream)
+            index = 0
+            offset_pts = None
+            offset_dts = None
+            for packet in inp.demux(in_stream):
+                if packet.size == 0:  # the demuxer's flush packet
+                    continue
+                if index >= start_packet:
+                    if offset_pts is None:
+                        offset_dts = packet.dts or 0
+                        offset_pts = offset_dts
+                    # Shift timestamps so the cut starts near zero, as a stream-copying cutter does.
+                    if packet.pts is not None:
+                        packet.pts -= offset_pts
+                    if packet.dts is not None:
+                        packet.dts -= offset_dts
+                    packet.stream = out_stream
+                    out.mux(packet)
+                index += 1
+    if index <= start_packet:
+        raise EncodeError(f"{src}: has {index} packets, cannot cut from packet {start_packet}")
+    return dst
+
+
+def count_keyframes(path: str | Path) -> tuple[int, list[bool]]:
+    """(number of video packets, keyframe flag per packet in decode order): lets tests place a mid-GOP cut."""
+    flags: list[bool] = []
+    with av.open(str(path)) as container:
+        for packet in container.demux(container.streams.video[0]):
+            if packet.size == 0:
+                continue
+            flags.append(bool(packet.is_keyframe))
+    return len(flags), flags
+
+
+def decode_all_pyav(path: str | Path) -> np.ndarray:
+    """Decode every presentable frame with FFmpeg through PyAV (uint8 RGB (F, H, W, 3)): an independent reference.
+
+    Packets FFmpeg rejects (missing references after a mid-GOP cut) are skipped, as a player would.
+    """
+    frames = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for packet in container.demux(stream):
+            try:
+                decoded = packet.decode()
+            except av.InvalidDataError:
+                # A packet whose references are missing (a mid-GOP cut): FFmpeg drops it, so do we.
+                continue
+            frames.extend(f.to_ndarray(format="rgb24") for f in decoded)
+    if not frames:
+        return np.zeros((0, 0, 0, 3), np.uint8)
+    return np.stack(frames)
+
+
+def stream_info(source) -> dict | None:
+    """Header facts of the first video stream of a path or binary file-like object, read with FFmpeg (PyAV).
+
+    Returns {"codec", "width", "height", "fps", "frames"} ("frames" is the container's claim, 0 when unknown), or
+    None when the container holds no video stream (an audio-only file). Raises av.FFmpegError subclasses (as
+    `ValueError`/`OSError`) when FFmpeg cannot open the container. decode.probe uses it for what decord does not
+    expose (codec name, stream presence, native size).
+    """
+    try:
+        with av.open(source, mode="r") as container:
+            if not container.streams.video:
+                return None
+            stream = container.streams.video[0]
+            ctx = stream.codec_context
+            rate = stream.average_rate or stream.guessed_rate or 0
+            return {
+                "codec": ctx.name or "unknown",
+                "width": int(ctx.width),
+                "height": int(ctx.height),
+                "fps": float(rate) if rate else 0.0,
+                "frames": int(stream.frames or 0),
+            }
+    except av.FFmpegError as e:
+        raise ValueError(f"FFmpeg cannot open the container: {e}") from e
