@@ -1,0 +1,26 @@
+"""The ECO model family (ECO-Lite, ECO-Full) and its checkpoints. See docs/model.md."""
+
+from pipeline.model.eco import ECO, VARIANTS, eco_full, eco_lite
+from pipeline.model.weights import (
+    CheckpointError,
+    LoadReport,
+    load_weights,
+    model_from_checkpoint,
+    official_to_project,
+    project_to_official,
+    read_checkpoint,
+)
+
+__all__ = [
+    "ECO",
+    "VARIANTS",
+    "CheckpointError",
+    "LoadReport",
+    "eco_full",
+    "eco_lite",
+    "load_weights",
+    "model_from_checkpoint",
+    "official_to_project",
+    "project_to_official",
+    "read_checkpoint",
+]
