@@ -427,6 +427,10 @@ def _decode_sequential(source, idx: np.ndarray, num_threads: int, reader_size: d
 
 def _serve(conn) -> None:
     """Child process loop: receive (fn, args, kwargs), send ("ok", result) or ("error", DecodeError)."""
+    # Import torch (used by the resize in transforms) before announcing readiness: on a loaded machine the import
+    # takes seconds, and it must count against the start timeout, not against the first file's decode timeout.
+    import pipeline.data.transforms  # noqa: F401
+
     conn.send(("ready", os.getpid()))
     while True:
         try:
