@@ -1,0 +1,304 @@
+"""Load a checkpoint together with its evaluation preprocessing, and predict top-k labels for videos.
+
+Two kinds of checkpoint are accepted (both read safely through `pipeline.model.weights.read_checkpoint`):
+- the project's own (a directory with `checkpoint.pt`, format "eco-pipeline/1"): the model is rebuilt from the stored
+  config, and the config's data section gives the preprocessing, so predictions use exactly what evaluation used;
+- the authors' Kinetics-400 release (`ECO_Lite_rgb_model_Kinetics.pth.tar` layout): 400 Kinetics names in the
+  authors' (alphabetical) order and the authors' test-time preprocessing, see `OFFICIAL_PREPROCESSING`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+PROJECT_FORMAT = "eco-pipeline/1"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The evaluation preprocessing a checkpoint was trained for: TSN centre sampling, resize, centre crop."""
+
+    num_segments: int
+    short_side: int
+    crop_size: int
+    normalization: str
+
+
+# The authors' PyTorch test script resizes the short side to 256 (scale_size = 224 * 256 // 224) and centre-crops
+# 224 from 16 segment centres; the book (seed ch. 9) resized to 224 instead, which crops less context. We follow the
+# authors; pass `preprocessing=` to `Predictor.from_checkpoint` to reproduce the book.
+OFFICIAL_PREPROCESSING = Preprocessing(num_segments=16, short_side=256, crop_size=224, normalization="eco")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint says about itself, without building the model."""
+
+    kind: str  # "project" or "official"
+    variant: str  # "lite" or "full"
+    label_names: tuple[str, ...]
+    preprocessing: Preprocessing
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class Result:
+    """The top-k prediction for one video, or the reason it could not be decoded (`error` is then set)."""
+
+    path: str
+    labels: tuple[str, ...] = ()
+    probs: tuple[float, ...] = ()
+    label_ids: tuple[int, ...] = ()
+    feature: np.ndarray | None = field(default=None, repr=False, compare=False)
+    error: str | None = None  # a stable reason code from pipeline.data.decode (missing, not_a_video, timeout, ...)
+    detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self, *, include_feature: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path}
+        if not self.ok:
+            out["error"] = self.error
+            out["detail"] = self.detail
+            return out
+        out["top_k"] = [{"label": n, "label_id": i, "prob": round(p, 6)}
+                        for n, i, p in zip(self.labels, self.label_ids, self.probs)]
+        if include_feature and self.feature is not None:
+            out["feature"] = [round(float(v), 6) for v in self.feature]
+        return out
+
+
+def describe_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> CheckpointInfo:
+    """Classify a loaded checkpoint dict (project or official layout) and read its labels and preprocessing."""
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{source}: expected a checkpoint dict, got {type(ckpt).__name__}")
+    if ckpt.get("format") == PROJECT_FORMAT:
+        from pipeline.config import Config
+
+        for key in ("model", "config", "label_names"):
+            if key not in ckpt:
+                raise ValueError(f"{source}: project checkpoint lacks {key!r} (format {PROJECT_FORMAT})")
+        cfg = Config.from_dict(ckpt["config"])
+        return CheckpointInfo(
+            kind="project",
+            variant=cfg.model.variant,
+            label_names=tuple(ckpt["label_names"]),
+            preprocessing=Preprocessing(num_segments=cfg.model.num_segments, short_side=cfg.data.short_side,
+                                        crop_size=cfg.data.crop_size, normalization=cfg.data.normalization),
+            dropout=cfg.model.dropout,
+        )
+    state = ckpt.get("state_dict")
+    if isinstance(state, dict) and any(k.startswith("module.base_model.") for k in state):
+        fc = state.get("module.new_fc.weight")
+        if fc is None:
+            raise ValueError(f"{source}: official checkpoint lacks 'module.new_fc.weight'")
+        num_classes = int(fc.shape[0])
+        # ECO-Full carries the rest of BN-Inception (inception_4*/5*) as its second 2D stream.
+        variant = "full" if any(".inception_5" in k for k in state) else "lite"
+        if num_classes == 400:
+            from pipeline.labels import kinetics400_labels
+
+            labels = tuple(kinetics400_labels())
+        else:
+            labels = tuple(f"class_{i}" for i in range(num_classes))
+            log.warning("%s: %d classes is not Kinetics-400; labels are class_<index> (pass label_names=)",
+                        source, num_classes)
+        return CheckpointInfo(kind="official", variant=variant, label_names=labels,
+                              preprocessing=OFFICIAL_PREPROCESSING)
+    found = ", ".join(sorted(map(str, ckpt))[:10])
+    raise ValueError(f"{source}: not an ECO checkpoint: expected format={PROJECT_FORMAT!r} (project) or a "
+                     f"'state_dict' with 'module.base_model.*' keys (authors' release); found keys: {found}")
+
+
+def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
+    """Labels and preprocessing of a checkpoint file or directory (reads the file, builds no model)."""
+    from pipeline.model.weights import read_checkpoint
+
+    return describe_checkpoint(read_checkpoint(path), str(path))
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Predictor:
+    """An ECO model in eval mode with the labels and preprocessing of the checkpoint it came from."""
+
+    def __init__(self, model: torch.nn.Module, label_names: Iterable[str], preprocessing: Preprocessing, *,
+                 device: str | torch.device | None = None, decode_timeout_s: float = 60.0):
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.model = model.to(self.device).eval()
+        self.label_names = tuple(label_names)
+        self.preprocessing = preprocessing
+        self.decode_timeout_s = decode_timeout_s
+        self._decoder = None
+        num_classes = getattr(model, "num_classes", len(self.label_names))
+        if num_classes != len(self.label_names):
+            raise ValueError(f"model has {num_classes} classes but {len(self.label_names)} label names were given")
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None, *,
+                        preprocessing: Preprocessing | None = None, label_names: Iterable[str] | None = None,
+                        decode_timeout_s: float = 60.0) -> "Predictor":
+        """Rebuild the model from a project checkpoint or the authors' release and load it strictly.
+
+        `preprocessing` and `label_names` override what the checkpoint implies (e.g. the book's 224 short side).
+        """
+        from pipeline.model import eco_full, eco_lite
+        from pipeline.model.weights import load_weights, read_checkpoint
+
+        ckpt = read_checkpoint(path)
+        info = describe_checkpoint(ckpt, str(path))
+        prep = preprocessing or info.preprocessing
+        labels = tuple(label_names) if label_names is not None else info.label_names
+        if len(labels) != len(info.label_names):
+            raise ValueError(f"{path}: checkpoint has {len(info.label_names)} classes, {len(labels)} names given")
+        builder = eco_full if info.variant == "full" else eco_lite
+        model = builder(num_classes=len(labels), num_segments=prep.num_segments, dropout=info.dropout)
+        # Strict: every tensor of the model comes from the file and vice versa (mismatches are named by key).
+        load_weights(model, ckpt)
+        log.info("loaded %s checkpoint %s: ECO-%s, %d classes, %s", info.kind, path, info.variant.capitalize(),
+                 len(labels), prep)
+        return cls(model, labels, prep, device=device, decode_timeout_s=decode_timeout_s)
+
+    # -- decoding -------------------------------------------------------------------------------------------------
+
+    def _decoder_or_start(self):
+        if self._decoder is None:
+            from pipeline.data.decode import IsolatedDecoder
+
+            # A persistent killable child: a decord hang or native crash on one file fails that file only.
+            self._decoder = IsolatedDecoder(timeout_s=self.decode_timeout_s, max_clips_per_process=2000)
+        return self._decoder
+
+    def load_clip(self, path: str) -> np.ndarray:
+        """Decode and preprocess one video as at evaluation: uint8 (T, crop, crop, 3). Raises DecodeError."""
+        from pipeline.data.sampling import eval_indices
+
+        decoder = self._decoder_or_start()
+        p = self.preprocessing
+        info = decoder.probe(path)
+        indices = eval_indices(info.num_frames, p.num_segments)
+        frames = decoder.decode(path, indices, short_side=p.short_side, num_frames=info.num_frames,
+                                size=(info.width, info.height))
+        return preprocess_frames(frames, p)
+
+    def close(self) -> None:
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the model ------------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def predict_clips(self, clips: np.ndarray | torch.Tensor, *, features: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities (N, C) float32 for uint8 clips (N, T, crop, crop, 3), and the clip features (N, D)."""
+        from pipeline.data.transforms import normalize
+
+        x = torch.as_tensor(clips).to(self.device, non_blocking=True)
+        x = normalize(x, self.preprocessing.normalization)  # (N, T, 3, H, W) float32
+        if features:
+            feats = self.model.forward_features(x)  # (N, D)
+            # In eval mode dropout is the identity, so fc(features) is exactly forward(x).
+            logits = self.model.fc(feats)
+        else:
+            feats = None
+            logits = self.model(x)
+        probs = torch.softmax(logits.float(), dim=1)
+        return probs.cpu().numpy(), (feats.float().cpu().numpy() if feats is not None else None)
+
+    def top_k(self, probs: np.ndarray, k: int) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
+        """Per row of probabilities (N, C): the k most likely class ids and their probabilities, best first."""
+        k = max(1, min(int(k), probs.shape[1]))
+        values, ids = torch.topk(torch.from_numpy(probs), k, dim=1)
+        return [(tuple(int(i) for i in row_i), tuple(float(v) for v in row_v))
+                for row_i, row_v in zip(ids.tolist(), values.tolist())]
+
+    def predict(self, paths: Iterable[str | Path], top_k: int = 5, *, features: bool = False,
+                batch_size: int = 8) -> list[Result]:
+        """Top-k labels for each video, in the order given. Undecodable files get a Result with `error` set."""
+        from pipeline.data.decode import DecodeError
+
+        paths = [str(p) for p in paths]
+        results: dict[int, Result] = {}
+        pending: list[tuple[int, np.ndarray]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            probs, feats = self.predict_clips(np.stack([c for _, c in pending]), features=features)
+            for row, ((index, _), (ids, values)) in enumerate(zip(pending, self.top_k(probs, top_k))):
+                results[index] = Result(path=paths[index], labels=tuple(self.label_names[i] for i in ids),
+                                        probs=values, label_ids=ids,
+                                        feature=feats[row] if feats is not None else None)
+            pending.clear()
+
+        for index, path in enumerate(paths):
+            try:
+                pending.append((index, self.load_clip(path)))
+            except DecodeError as e:
+                log.warning("%s: cannot decode (%s): %s", path, e.reason, getattr(e, "detail", ""))
+                results[index] = Result(path=path, error=e.reason, detail=str(getattr(e, "detail", "") or e))
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+        return [results[i] for i in range(len(paths))]
+
+
+def preprocess_frames(frames: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """uint8 frames (T, H, W, 3) -> the evaluation clip (T, crop, crop, 3): resize short side, centre crop."""
+    from pipeline.data.transforms import eval_transform
+
+    clip = np.asarray(eval_transform(frames, short_side=prep.short_side, crop_size=prep.crop_size, crops=1))
+    if clip.ndim == 5:  # (crops, T, crop, crop, 3) with crops=1
+        clip = clip[0]
+    return clip
+
+
+def predict_main(args) -> int:
+    """`eco predict VIDEO ... --checkpoint C [--top-k K] [--json] [--features]`: prints the top-k per video.
+
+    Returns 1 when any video could not be decoded (its error is printed; the others are still predicted).
+    """
+    import json
+    import sys
+
+    with Predictor.from_checkpoint(args.checkpoint) as predictor:
+        results = predictor.predict(args.videos, top_k=args.top_k, features=args.features)
+    failed = [r for r in results if not r.ok]
+    if args.json:
+        p = predictor.preprocessing
+        print(json.dumps({"checkpoint": str(args.checkpoint),
+                          "preprocessing": {"num_segments": p.num_segments, "short_side": p.short_side,
+                                            "crop_size": p.crop_size, "normalization": p.normalization},
+                          "results": [r.to_dict(include_feature=args.features) for r in results]}, indent=2))
+    else:
+        for r in results:
+            print(r.path)
+            if not r.ok:
+                print(f"  error ({r.error}): {r.detail}")
+                continue
+            for name, prob in zip(r.labels, r.probs):
+                print(f"  {prob:7.2%}  {name}")
+            if r.feature is not None:
+                print(f"  feature: {r.feature.shape[0]}-d, L2 norm {float(np.linalg.norm(r.feature)):.3f}")
+    if failed:
+        print(f"eco predict: {len(failed)} of {len(results)} videos could not be decoded", file=sys.stderr)
+    return 1 if failed else 0
