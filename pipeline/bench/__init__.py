@@ -1,0 +1,1 @@
+"""Benchmarks run by `eco bench NAME`: each prints ratios against a baseline measured in the same run."""
