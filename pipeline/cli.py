@@ -49,7 +49,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         from pipeline.data.shards import write_shards
 
         summary = write_shards(args.manifest, args.out, short_side=args.short_side, fps=args.fps,
-                               quality=args.quality, max_shard_bytes=args.max_shard_mb * 2**20)
+                               quality=args.quality, max_shard_bytes=args.max_shard_mb * 2**20, format=args.format)
     else:
         if args.source == "folder":
             source = manifest.FolderSource(args.root)
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fps", type=float, default=None, help="keep frames at this rate (default: all frames)")
     s.add_argument("--quality", type=int, default=90, help="JPEG quality")
     s.add_argument("--max-shard-mb", type=int, default=512)
+    s.add_argument("--format", choices=["arrow", "parquet"], default="arrow",
+                   help="arrow: memory-mapped IPC, one record batch per video (fastest); parquet: one row group per video")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train ECO with Ray Train")
@@ -192,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("bench", help="benchmarks; each prints ratios against a baseline measured in the same run")
-    p.add_argument("name", choices=["decode", "pipeline", "train", "gpu"])
+    p.add_argument("name", choices=["decode", "shards", "pipeline", "train", "gpu"])
     p.add_argument("--out", default=None, help="write results (JSON, plots) here")
     p.add_argument("--quick", action="store_true", help="smaller inputs, for a smoke run")
     p.set_defaults(func=cmd_bench)

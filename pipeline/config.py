@@ -41,6 +41,10 @@ class ModelConfig:
 class DataConfig:
     # Directory written by `eco prepare` (manifest.parquet, labels.json) or the manifest file itself.
     manifest: str = ""
+    # "video": decode the manifest's videos with decord; "shards": read the JPEG frame shards that
+    # `eco prepare shards` wrote (data.manifest then names the shard directory): 7-10x cheaper per clip on CPU,
+    # at several times the storage (docs/benchmarks.md).
+    format: Literal["video", "shards"] = "video"
     train_split: str = "train"
     val_split: str = "val"
     # Frames are resized to this short side inside the decode workers, so small uint8 tensors cross the object

@@ -266,6 +266,29 @@ def test_shards_through_ray_data(ray_session, arrow_shards):
     assert "gone.arrow" in failures[0]["path"]
 
 
+def test_training_pipeline_reads_shards_when_data_format_is_shards(ray_session, arrow_shards, videos):
+    """`data.format=shards`: the Ray Data train and eval datasets decode from the shard directory with the same
+    sampling and transforms; a video manifest under data.format=shards is refused with a message naming it."""
+    from pipeline.config import Config
+    from pipeline.data.manifest import ManifestError
+    from pipeline.data.pipeline import build_eval_dataset, build_train_dataset, create_run_state
+
+    out, _ = arrow_shards
+    manifest_dir, rows = videos
+    cfg = Config().replace([f"data.manifest={out}", "data.format=shards", f"data.short_side={SHORT}",
+                            "data.crop_size=40", "data.decode_workers=1", "data.decode_cpus=0.5",
+                            "data.decode_batch_size=2", "model.num_segments=8"])
+    state = create_run_state()
+    train = build_train_dataset(cfg, str(out), run_state=state).take_all()
+    assert sorted((r["video_id"], r["label"]) for r in train) == [(r["video_id"], r["label"]) for r in rows]
+    assert all(r["clip"].shape == (8, 40, 40, 3) and r["clip"].dtype == np.uint8 for r in train)
+    evaluation = build_eval_dataset(cfg, str(out), "train", num_clips=2).take_all()
+    assert [(r["video_id"], r["clip_index"]) for r in evaluation] == [
+        (r["video_id"], c) for r in rows for c in (0, 1)]
+    with pytest.raises(ManifestError, match="batch_index"):
+        build_train_dataset(cfg, str(manifest_dir), run_state=state)
+
+
 def test_normalize_video_short_side_and_gop(videos, tmp_path):
     from pipeline.data.decode import decode_frames, probe
     from pipeline.data.normalize import normalize_video

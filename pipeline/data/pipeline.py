@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pyarrow.compute as pc
 
 import ray
@@ -197,21 +198,32 @@ class _ClipDecoder:
 # Datasets
 
 
-def _read(manifest: str | os.PathLike | pa.Table, split: str) -> ray.data.Dataset:
+def _read(manifest: str | os.PathLike | pa.Table, split: str, data_format: str = "video") -> ray.data.Dataset:
     """The manifest rows of `split` (validated on the driver: missing columns or an empty split fail here)."""
     from ray.data.expressions import col, lit
 
+    # A shard manifest is a video manifest whose `path` names a shard file, plus the video's record batch.
+    columns = [*_DECODE_COLUMNS, "batch_index"] if data_format == "shards" else list(_DECODE_COLUMNS)
     if isinstance(manifest, pa.Table):
         manifest_lib.check_manifest_schema(manifest.schema, "manifest table")
+        _check_format(manifest.schema, data_format, "manifest table")
         rows = manifest.filter(pc.equal(manifest.column("split"), split))
         if rows.num_rows == 0:
             raise manifest_lib.ManifestError(f"manifest table: no rows with split {split!r}")
-        return ray.data.from_arrow(rows.select(list(_DECODE_COLUMNS)))
+        return ray.data.from_arrow(rows.select(columns))
     path = manifest_lib.manifest_file(manifest)
     manifest_lib.read_manifest(path, split=split)  # validation with clear messages; the rows are small
     fs, p = manifest_lib.resolve(path)
-    return ray.data.read_parquet(p, filesystem=fs, columns=[*_DECODE_COLUMNS, "split"]).filter(
-        expr=col("split") == lit(split)).select_columns(list(_DECODE_COLUMNS))
+    _check_format(pq.read_schema(p, filesystem=fs), data_format, path)
+    return ray.data.read_parquet(p, filesystem=fs, columns=[*columns, "split"]).filter(
+        expr=col("split") == lit(split)).select_columns(columns)
+
+
+def _check_format(schema: pa.Schema, data_format: str, where: str) -> None:
+    if data_format == "shards" and "batch_index" not in schema.names:
+        raise manifest_lib.ManifestError(
+            f"{where}: data.format is 'shards' but this is a video manifest (no batch_index column); write shards "
+            "with `eco prepare shards --manifest M --out DIR` and point data.manifest at DIR")
 
 
 def _decoder_kwargs(cfg: Config, run_state, *, train: bool, decode_fn) -> dict[str, Any]:
@@ -227,8 +239,14 @@ def _decode_stage(ds: ray.data.Dataset, cfg: Config, kwargs: dict[str, Any]) -> 
     # A manifest file is one or a few blocks, and one block goes to one actor: cut the rows into blocks of one
     # decode batch so that every actor gets work and streaming_split can balance the consumers.
     ds = ds.repartition(target_num_rows_per_block=d.decode_batch_size)
+    if d.format == "shards":
+        from pipeline.data.shards import ShardClipDecoder
+
+        decoder_cls = ShardClipDecoder  # same constructor keywords and output rows as _ClipDecoder
+    else:
+        decoder_cls = _ClipDecoder
     return ds.map_batches(
-        _ClipDecoder,
+        decoder_cls,
         fn_constructor_kwargs=kwargs,
         batch_size=d.decode_batch_size,
         compute=ray.data.ActorPoolStrategy(size=d.decode_workers),
@@ -253,7 +271,7 @@ def build_train_dataset(cfg: Config, manifest: str | os.PathLike | pa.Table, *, 
     """
     manifest_lib.ensure_ray()
     run_state = run_state if run_state is not None else create_run_state(RUN_STATE_NAME)
-    ds = _read(manifest, cfg.data.train_split)
+    ds = _read(manifest, cfg.data.train_split, cfg.data.format)
     # A new order every epoch (reseed_after_execution), reproducible from the seed.
     ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(seed=cfg.train.seed, reseed_after_execution=True))
     return _decode_stage(ds, cfg, _decoder_kwargs(cfg, run_state, train=True, decode_fn=decode_fn))
@@ -270,7 +288,7 @@ def build_eval_dataset(cfg: Config, manifest: str | os.PathLike | pa.Table, spli
         raise ValueError(f"crops must be 1 or 3, got {crops}")
     manifest_lib.ensure_ray()
     run_state = run_state if run_state is not None else create_run_state(RUN_STATE_NAME)
-    ds = _read(manifest, split)
+    ds = _read(manifest, split, cfg.data.format)
     kwargs = _decoder_kwargs(cfg, run_state, train=False, decode_fn=decode_fn)
     kwargs.update(num_clips=num_clips, crops=crops)
     ds = _decode_stage(ds, cfg, kwargs)
