@@ -1,0 +1,15 @@
+"""`ray job submit --working-dir . -- python jobs/train.py --config jobs/configs/<recipe>.yaml [--set k=v ...]`
+
+Same arguments and behaviour as `eco train` (parsed by pipeline.cli.build_parser).
+"""
+
+import sys
+from pathlib import Path
+
+# The job's working directory (the uploaded repo) comes first, ahead of any installed copy of `pipeline`.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,0 +1,169 @@
+"""Evaluate a project checkpoint on a manifest split: `evaluate(checkpoint, manifest, ...) -> dict`.
+
+Ray Data decodes `num_clips` temporal clips x `crops` spatial crops per video (build_eval_dataset); the model runs
+on the driver and the softmax is averaged over each video's views, as in the TSN/ECO test protocol. Writes
+report.json, predictions.parquet (one row per video) and confusion.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.config import Config
+from pipeline.training.checkpoint import load_checkpoint
+from pipeline.training.metrics import ClassificationSums, per_class_accuracy
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(checkpoint: str | os.PathLike, manifest: str | os.PathLike, *, split: str = "val", num_clips: int = 1,
+             crops: int = 1, out_dir: str | os.PathLike | None = None, num_cpus: int | None = None) -> dict[str, Any]:
+    """Top-1, top-5, mean class accuracy and per-class accuracy of `checkpoint` on `split` of `manifest`."""
+    import ray
+
+    from pipeline.data import pipeline as data_pipeline
+    from pipeline.data.manifest import read_labels, read_manifest
+    from pipeline.data.transforms import normalize
+    from pipeline.model import eco_full, eco_lite
+
+    t0 = time.perf_counter()
+    state = load_checkpoint(checkpoint)
+    cfg = Config.from_dict(state["config"])
+    label_names: list[str] = state["label_names"]
+    manifest_labels = read_labels(manifest)
+    if manifest_labels != label_names:
+        raise ValueError(f"{manifest}: labels.json ({len(manifest_labels)} classes) differs from the checkpoint's "
+                         f"label map ({len(label_names)} classes); evaluate on data prepared with the same labels")
+    expected_videos = read_manifest(manifest, split).num_rows
+
+    builder = {"lite": eco_lite, "full": eco_full}[cfg.model.variant]
+    model = builder(num_classes=len(label_names), num_segments=cfg.model.num_segments, dropout=cfg.model.dropout)
+    model.load_state_dict(state["model"], strict=True)
+    model.eval()
+    del state
+
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(logging_level="warning")
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
+    run_state = data_pipeline.create_run_state()
+    ds = data_pipeline.build_eval_dataset(cfg, manifest, split, num_clips=num_clips, crops=crops, run_state=run_state)
+
+    # Per video: the sum of softmax over its views, its label and the number of views seen.
+    prob_sum: dict[str, torch.Tensor] = {}
+    label_of: dict[str, int] = {}
+    views: dict[str, int] = {}
+    with torch.inference_mode():
+        for batch in ds.iter_torch_batches(batch_size=cfg.train.eval_batch_size, device="cpu",
+                                           collate_fn=data_pipeline.ClipCollate(keep_video_id=True)):
+            probs = model(normalize(batch["clip"], cfg.data.normalization)).float().softmax(dim=1)  # (N, C)
+            for vid, p, y in zip(batch["video_id"], probs, batch["label"].tolist()):
+                prob_sum[vid] = prob_sum[vid] + p if vid in prob_sum else p.clone()
+                label_of[vid] = y
+                views[vid] = views.get(vid, 0) + 1
+    failures = ray.get(run_state.failures.remote())
+
+    video_ids = sorted(prob_sum)
+    if not video_ids:
+        raise ValueError(f"{manifest}: no video of split {split!r} could be decoded ({len(failures)} failures)")
+    probs = torch.stack([prob_sum[v] / views[v] for v in video_ids])  # (V, C)
+    labels = torch.tensor([label_of[v] for v in video_ids])
+    sums = ClassificationSums(len(label_names))
+    sums.update(probs, labels)
+    m = sums.compute()
+    per_class = per_class_accuracy(sums.confusion)
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "manifest": str(manifest),
+        "split": split,
+        "num_clips": num_clips,
+        "crops": crops,
+        "videos": len(video_ids),
+        "videos_expected": expected_videos,
+        "videos_failed": len({f["video_id"] for f in failures}),
+        "incomplete_videos": sum(views[v] != num_clips * crops for v in video_ids),
+        "top1": m["top1"],
+        "top5": m["top5"],
+        "mean_class_acc": m["mean_class_acc"],
+        "per_class": {name: (None if math.isnan(a) else a) for name, a in zip(label_names, per_class.tolist())},
+        "confusion": sums.confusion.long().tolist(),
+        "seconds": time.perf_counter() - t0,
+    }
+
+    out = Path(out_dir) if out_dir is not None else _default_out_dir(checkpoint, split)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_predictions(out / "predictions.parquet", video_ids, labels, probs, label_names, views)
+    _plot_confusion(out / "confusion.png", sums.confusion.long().numpy(), label_names,
+                    title=f"{split}: top-1 {m['top1']:.1%}, mean class {m['mean_class_acc']:.1%}")
+    report["out_dir"] = str(out)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    log.info("evaluated %d videos of %s in %.0fs: top-1 %.1f%%", len(video_ids), split, report["seconds"],
+             100 * m["top1"])
+    return report
+
+
+def _default_out_dir(checkpoint: str | os.PathLike, split: str) -> Path:
+    path = Path(checkpoint)
+    path = path.parent if path.is_file() else path
+    return path.parent / f"{path.name}-eval-{split}"
+
+
+def _write_predictions(path: Path, video_ids: list[str], labels: torch.Tensor, probs: torch.Tensor,
+                       label_names: list[str], views: dict[str, int]) -> None:
+    k = min(5, probs.shape[1])
+    top_p, top_i = probs.topk(k, dim=1)
+    pred = top_i[:, 0]
+    table = pa.table({
+        "video_id": pa.array(video_ids, pa.string()),
+        "label": pa.array(labels.tolist(), pa.int32()),
+        "label_name": pa.array([label_names[i] for i in labels.tolist()], pa.string()),
+        "pred": pa.array(pred.tolist(), pa.int32()),
+        "pred_name": pa.array([label_names[i] for i in pred.tolist()], pa.string()),
+        "correct": pa.array((pred == labels).tolist(), pa.bool_()),
+        "prob": pa.array(top_p[:, 0].tolist(), pa.float32()),
+        "top5": pa.array(top_i.tolist(), pa.list_(pa.int32())),
+        "top5_prob": pa.array(top_p.tolist(), pa.list_(pa.float32())),
+        "views": pa.array([views[v] for v in video_ids], pa.int32()),
+    })
+    pq.write_table(table, path)
+
+
+def _plot_confusion(path: Path, confusion: np.ndarray, label_names: list[str], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on workers or CI
+    import matplotlib.pyplot as plt
+
+    n = len(label_names)
+    size = min(4 + 0.35 * n, 40)
+    fig, ax = plt.subplots(figsize=(size, size))
+    rows = confusion.sum(axis=1, keepdims=True)
+    norm = np.divide(confusion, rows, out=np.zeros(confusion.shape, dtype=float), where=rows > 0)
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    if n <= 40:  # beyond that, names and counts are unreadable
+        ax.set_xticks(range(n), label_names, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), label_names, fontsize=8)
+        for i in range(n):
+            for j in range(n):
+                if confusion[i, j]:
+                    ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,168 @@
+"""Launch a training run on Ray Train V2: `train(cfg) -> TrainResult`.
+
+Starts or joins Ray, builds the Ray Data datasets, and runs `loop.train_func_per_worker` on
+`cfg.scaling.num_workers` workers with a `TorchTrainer`. Checkpoints go to
+`RunConfig(storage_path=cfg.checkpoint.storage_path, name=cfg.checkpoint.run_name)`: Ray Train V2 restores a run
+from the checkpoint-manager snapshot it finds there, so submitting the same run name again resumes from its latest
+checkpoint, and `FailureConfig` restarts the worker group from it after a worker dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Ray Train V2 is the default in Ray 2.60; set it explicitly so older 2.x installs take the same code path.
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+import ray  # noqa: E402
+import ray.train  # noqa: E402
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: E402
+from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
+
+from pipeline.config import Config  # noqa: E402
+from pipeline.training import tracking  # noqa: E402
+from pipeline.training.loop import train_func_per_worker  # noqa: E402
+from pipeline.training.optim import global_batch_size, make_schedule, scaled_lr  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+SCORE = "val_top1"
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: where its checkpoints and W&B run are, and its final metrics."""
+
+    run_name: str
+    run_dir: str
+    latest_checkpoint: str | None
+    best_checkpoint: str | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    wandb_dir: str | None = None
+
+    def describe(self) -> str:
+        m = self.metrics
+        lines = [f"run {self.run_name}: {int(m.get('epoch', 0))} epochs, {int(m.get('step', 0))} steps"]
+        if m.get("val_top1", -1) >= 0:
+            lines.append(f"  val top-1 {m['val_top1']:.1%}  top-5 {m['val_top5']:.1%}  "
+                         f"mean class accuracy {m['val_mean_class_acc']:.1%}")
+        lines.append(f"  latest checkpoint  {self.latest_checkpoint}")
+        lines.append(f"  best checkpoint    {self.best_checkpoint}  (by {SCORE})")
+        if self.wandb_dir:
+            lines.append(f"  W&B offline run    {self.wandb_dir}   (upload: wandb sync {self.wandb_dir})")
+        return "\n".join(lines)
+
+
+class _ExactEvalDataConfig(DataConfig):
+    """Train shards are equal (DDP needs the same number of steps on every rank); evaluation shards are disjoint
+    and unequal, so every validation clip is scored exactly once (no rows dropped to equalise, no padding)."""
+
+    def __init__(self, eval_datasets: list[str]):
+        super().__init__(datasets_to_split=["train"])
+        self._eval = set(eval_datasets)
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        rest = {k: v for k, v in datasets.items() if k not in self._eval}
+        output = super().configure(rest, world_size, worker_handles, worker_node_ids, **kwargs)
+        for name in self._eval & set(datasets):
+            ds = datasets[name]
+            if ds.name is None:
+                ds.set_name(name)
+            for i, split in enumerate(ds.streaming_split(world_size, equal=False, locality_hints=worker_node_ids)):
+                output[i][name] = split
+        return output
+
+
+def train(cfg: Config) -> TrainResult:
+    """Run (or resume) the training described by `cfg`; returns where the checkpoints and W&B run are."""
+    from pipeline.data import pipeline as data_pipeline
+    from pipeline.data.manifest import read_labels, read_manifest
+
+    cfg = _absolute_paths(cfg)
+    if not cfg.data.manifest:
+        raise ValueError("data.manifest: set it to a directory written by `eco prepare` (or its manifest.parquet)")
+    _ensure_ray(cfg)
+    label_names = read_labels(cfg.data.manifest)
+    num_train = read_manifest(cfg.data.manifest, cfg.data.train_split).num_rows
+
+    # The lr schedule is a pure function of the optimiser step: fix the steps per epoch from the manifest (an
+    # equal streaming split gives each rank floor(n / workers) clips).
+    workers, batch, accum = cfg.scaling.num_workers, cfg.train.batch_size, cfg.train.grad_accum_steps
+    per_rank = num_train // workers
+    if per_rank == 0:
+        raise ValueError(f"data.manifest: {num_train} training videos cannot feed scaling.num_workers={workers}")
+    steps_per_epoch = math.ceil(math.ceil(per_rank / batch) / accum)
+    peak = scaled_lr(cfg.optim.lr, cfg.optim.base_batch_size, global_batch_size(workers, batch, accum))
+    schedule = make_schedule(cfg.optim, peak_lr=peak, steps_per_epoch=steps_per_epoch, epochs=cfg.train.epochs)
+    log.info("run %s: %d train videos, %d workers x %d x %d accum -> %d steps/epoch, peak lr %.4g",
+             cfg.checkpoint.run_name, num_train, workers, batch, accum, steps_per_epoch, peak)
+
+    # One run-state actor per launch: the epoch for TSN offsets and this run's decode failures. It lives in the
+    # driver's job, so it survives worker-group restarts.
+    data_state = data_pipeline.create_run_state()
+    datasets = {
+        "train": data_pipeline.build_train_dataset(cfg, cfg.data.manifest, run_state=data_state),
+        "val": data_pipeline.build_eval_dataset(cfg, cfg.data.manifest, cfg.data.val_split, run_state=data_state),
+    }
+    trainer = TorchTrainer(
+        train_func_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "label_names": label_names, "schedule": vars(schedule),
+                           "data_state": data_state},
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker,
+                                  **({"GPU": 1} if cfg.scaling.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=cfg.checkpoint.run_name,
+            storage_path=cfg.checkpoint.storage_path,
+            # Ray Train V2 never deletes the latest checkpoint, so num_to_keep=K ranked by val_top1 keeps the K
+            # best plus the latest (CheckpointManager._save_state_and_delete_old_checkpoints).
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep,
+                                               checkpoint_score_attribute=SCORE, checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
+        ),
+        datasets=datasets,
+        dataset_config=_ExactEvalDataConfig(eval_datasets=["val"]),
+    )
+    result = trainer.fit()
+    best = max(result.best_checkpoints or [], key=lambda cm: cm[1].get(SCORE, -1.0), default=None)
+    runs = tracking.find_offline_runs(tracking.wandb_dir(cfg)) if cfg.wandb.mode == "offline" else []
+    return TrainResult(
+        run_name=cfg.checkpoint.run_name,
+        run_dir=result.path,
+        latest_checkpoint=result.checkpoint.path if result.checkpoint else None,
+        best_checkpoint=best[0].path if best else None,
+        metrics=dict(result.metrics or {}),
+        wandb_dir=str(runs[-1]) if runs else None,
+    )
+
+
+def _absolute_paths(cfg: Config) -> Config:
+    """Workers do not share the driver's working directory: make local paths absolute."""
+    overrides: dict[str, Any] = {}
+    for key, value in (("checkpoint.storage_path", cfg.checkpoint.storage_path), ("data.manifest", cfg.data.manifest),
+                       ("model.pretrained", cfg.model.pretrained), ("wandb.dir", cfg.wandb.dir)):
+        if value and "://" not in value and not os.path.isabs(value):
+            overrides[key] = str(Path(value).absolute())
+    return cfg.replace(overrides) if overrides else cfg
+
+
+def _ensure_ray(cfg: Config) -> None:
+    """Join cfg.scaling.address (or RAY_ADDRESS, set by `ray job submit`), or start a local instance."""
+    if ray.is_initialized():
+        return
+    address = cfg.scaling.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="warning")
+    else:
+        # On a 2-core machine give Ray more logical CPUs than cores (scaling.local_num_cpus), or the training
+        # workers take every CPU and the decode actors never start.
+        ray.init(num_cpus=cfg.scaling.local_num_cpus, include_dashboard=False, logging_level="warning")

@@ -1,0 +1,249 @@
+"""Weights & Biases tracking: the only module that imports wandb.
+
+Only the rank-0 training worker creates a run, with a plain `wandb.init` guarded by rank (Ray's `setup_wandb`
+would still log from every rank under Train V2). Runs are offline by default and written under the Ray run's
+storage directory, so `wandb sync <dir>` uploads them later. The API key is read by wandb itself from the
+environment (WANDB_API_KEY) in online mode; this module never reads, prints or stores it.
+
+`read_offline_run` reads an offline run back from its `.wandb` file, for tests and for the demo's summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def wandb_dir(cfg: Config) -> Path:
+    """Local directory given to `wandb.init(dir=...)` (wandb adds `wandb/offline-run-*` below it).
+
+    Default: `<storage_path>/<run_name>` when storage is local, else `outputs/wandb/<run_name>`: wandb writes
+    local files only.
+    """
+    if cfg.wandb.dir:
+        return Path(cfg.wandb.dir).absolute()
+    if "://" in cfg.checkpoint.storage_path:
+        return Path("outputs/wandb", cfg.checkpoint.run_name).absolute()
+    return Path(cfg.checkpoint.storage_path, cfg.checkpoint.run_name).absolute()
+
+
+def run_id(cfg: Config) -> str:
+    """A stable W&B run id for (storage, run name): a resumed or restarted run appends to the same W&B run."""
+    slug = re.sub(r"[^a-zA-Z0-9_-]", "-", cfg.checkpoint.run_name)[:40]
+    digest = hashlib.blake2b(f"{cfg.checkpoint.storage_path}|{cfg.checkpoint.run_name}".encode(),
+                             digest_size=4).hexdigest()
+    return f"{slug}-{digest}"
+
+
+class Tracker:
+    """A W&B run on rank 0, a silent no-op elsewhere or when disabled."""
+
+    def __init__(self, cfg: Config, *, rank: int, extra_config: dict[str, Any] | None = None):
+        self.run = None
+        if rank != 0 or not cfg.wandb.enabled or cfg.wandb.mode == "disabled":
+            return
+        import wandb
+
+        directory = wandb_dir(cfg)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=cfg.wandb.project,
+            entity=cfg.wandb.entity,
+            mode=cfg.wandb.mode,
+            dir=str(directory),
+            id=run_id(cfg),
+            name=cfg.checkpoint.run_name,
+            resume="allow",
+            config={**cfg.to_dict(), **(extra_config or {})},
+            # Keep the 2-core CI machine for training: no system-metrics sampler, no console capture or code copy.
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, save_code=False,
+                                    disable_git=True),
+        )
+        # Per-epoch metrics are plotted against the epoch, per-step ones against the optimiser step.
+        self.run.define_metric("train/step")
+        self.run.define_metric("train/*", step_metric="train/step")
+        self.run.define_metric("epoch")
+        for prefix in ("epoch/*", "val/*"):
+            self.run.define_metric(prefix, step_metric="epoch")
+        log.info("W&B run %s (%s) in %s", self.run.id, cfg.wandb.mode, self.local_dir)
+
+    @property
+    def enabled(self) -> bool:
+        return self.run is not None
+
+    @property
+    def local_dir(self) -> Path | None:
+        """The run's directory (`.../wandb/offline-run-*`): what `wandb sync` takes."""
+        return Path(self.run.dir).parent if self.run is not None else None
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.log(metrics)
+
+    def log_evaluation(self, epoch: int, confusion: np.ndarray, label_names: list[str],
+                       clips: np.ndarray | None = None, labels: list[int] | None = None,
+                       preds: list[int] | None = None) -> None:
+        """A confusion-matrix table plot and an image grid of sample clips (one row of frames per clip)."""
+        if self.run is None:
+            return
+        import wandb
+
+        confusion = np.asarray(confusion, dtype=np.int64)
+        rows = [[label_names[t], label_names[p], int(confusion[t, p])]
+                for t in range(len(label_names)) for p in range(len(label_names))]
+        # The counts are already summed over ranks, so build the chart from them with the same Vega spec that
+        # wandb.plot.confusion_matrix uses (it only accepts per-sample predictions).
+        chart = wandb.plot_table(
+            vega_spec_name="wandb/confusion_matrix/v1",
+            data_table=wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=rows),
+            fields={"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
+            string_fields={"title": f"confusion (epoch {epoch})"},
+        )
+        payload: dict[str, Any] = {
+            "epoch": epoch,
+            "val/confusion_matrix": chart,
+            # The raw counts too (rows: true class, columns: predicted), readable back from the offline run.
+            "val/confusion_counts": confusion.tolist(),
+        }
+        if clips is not None and len(clips):
+            payload["val/sample_clips"] = [
+                wandb.Image(_frame_strip(clip), caption=_caption(i, labels, preds, label_names))
+                for i, clip in enumerate(clips)
+            ]
+        self.run.log(payload)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.run is not None:
+            for k, v in values.items():
+                self.run.summary[k] = v
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
+
+
+def _frame_strip(clip: np.ndarray) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> (H, T*W, 3): the clip's frames side by side, in time order."""
+    clip = np.asarray(clip)
+    t, h, w, c = clip.shape
+    return clip.transpose(1, 0, 2, 3).reshape(h, t * w, c)  # (H, T, W, 3) -> (H, T*W, 3)
+
+
+def _caption(i: int, labels, preds, names: list[str]) -> str:
+    if labels is None:
+        return f"clip {i}"
+    text = f"true: {names[labels[i]]}"
+    return text + (f" / pred: {names[preds[i]]}" if preds is not None else "")
+
+
+# --- reading an offline run back ---------------------------------------------------------------------------
+
+# The .wandb file is a LevelDB-style log (the same framing wandb's own former `datastore` module read): a 7-byte
+# header ":W&B" + 0xBEE1 + version, then 32 KiB blocks of chunks, each `crc32 (4) | length (2) | type (1) | data`,
+# where type FULL/FIRST/MIDDLE/LAST reassembles one serialized `wandb.proto.wandb_internal_pb2.Record`.
+_HEADER = b":W&B\xe1\xbe"
+_BLOCK = 32768
+_CHUNK_HEADER = 7
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+@dataclass
+class OfflineRun:
+    """What an offline run recorded: the config, each history row (logged dict), the final summary, files."""
+
+    path: Path
+    run_id: str = ""
+    project: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    exited: bool = False
+
+    def values(self, key: str) -> list[Any]:
+        """Every logged value of `key`, in logging order."""
+        return [row[key] for row in self.history if key in row]
+
+
+def find_offline_runs(root: str | Path) -> list[Path]:
+    """The `offline-run-*` directories below `root`, oldest first."""
+    return sorted(Path(root).rglob("offline-run-*"), key=lambda p: p.name)
+
+
+def read_offline_run(run_dir: str | Path) -> OfflineRun:
+    """Parse `run-<id>.wandb` in an offline run directory with wandb's protobuf `Record` definitions."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    run_dir = Path(run_dir)
+    files = sorted(run_dir.glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"{run_dir}: no run-*.wandb file (expected an offline-run-* directory)")
+    out = OfflineRun(path=run_dir)
+    for raw in _records(files[0]):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            out.run_id, out.project = record.run.run_id, record.run.project
+            out.config.update({u.key: json.loads(u.value_json) for u in record.run.config.update})
+        elif kind == "config":
+            out.config.update({u.key: json.loads(u.value_json) for u in record.config.update})
+        elif kind == "history":
+            out.history.append({_key(i): json.loads(i.value_json) for i in record.history.item})
+        elif kind == "summary":
+            out.summary.update({_key(u): json.loads(u.value_json) for u in record.summary.update})
+        elif kind == "files":
+            out.files.extend(f.path for f in record.files.files)
+        elif kind == "exit":
+            out.exited = True
+    out.config.pop("_wandb", None)
+    return out
+
+
+def _key(item) -> str:
+    return "/".join(item.nested_key) if item.nested_key else item.key
+
+
+def _records(path: Path):
+    data = path.read_bytes()
+    if not data.startswith(_HEADER):
+        raise ValueError(f"{path}: not a W&B transaction log (bad header {data[:7]!r})")
+    pos, pending = len(_HEADER) + 1, b""
+    while pos + _CHUNK_HEADER <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < _CHUNK_HEADER:  # block trailer padding
+            pos += left
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[pos:pos + _CHUNK_HEADER])
+        if kind == 0 and length == 0:  # zero-filled tail of a block
+            pos += left
+            continue
+        chunk = data[pos + _CHUNK_HEADER:pos + _CHUNK_HEADER + length]
+        if len(chunk) < length:
+            break  # a run still being written: its last record is incomplete
+        if zlib.crc32(bytes([kind]) + chunk) != crc:
+            raise ValueError(f"{path}: corrupt record at byte {pos} (checksum mismatch)")
+        pos += _CHUNK_HEADER + length
+        if kind == _FULL:
+            yield chunk
+        elif kind == _FIRST:
+            pending = chunk
+        elif kind == _MIDDLE:
+            pending += chunk
+        elif kind == _LAST:
+            yield pending + chunk
+            pending = b""

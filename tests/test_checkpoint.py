@@ -1,0 +1,104 @@
+"""The project checkpoint format: contents, safe loading, atomic writes, DDP/compile unwrapping (pure)."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pipeline.config import Config
+from pipeline.training import checkpoint as ckpt
+from pipeline.training.optim import build_optimizer
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+
+
+def _trained(model):
+    opt = build_optimizer(model, Config().optim, lr=0.1)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    return opt
+
+
+def _state(model, opt, **kw):
+    args = dict(epoch=3, step=42, config=Config().to_dict(), label_names=["a", "b"], data_seed=7,
+                metrics={"val_top1": 0.5})
+    args.update(kw)
+    return ckpt.build_state(model, opt, **args)
+
+
+def test_roundtrip_contains_the_contract_keys(tmp_path):
+    model = _model()
+    opt = _trained(model)
+    path = ckpt.save_checkpoint(tmp_path / "ck", _state(model, opt, schedule={"peak_lr": 0.1}),
+                                extra_json={"workers": [{"rank": 0}]})
+    assert sorted(os.listdir(path)) == ["checkpoint.pt", "workers.json"]
+    raw = torch.load(path / "checkpoint.pt", weights_only=True)  # safe loading works on the raw file
+    assert set(ckpt.REQUIRED_KEYS) <= set(raw)
+    state = ckpt.load_checkpoint(path)
+    assert state["format"] == "eco-pipeline/1"
+    assert (state["epoch"], state["step"], state["data_seed"]) == (3, 42, 7)
+    assert state["label_names"] == ["a", "b"] and state["metrics"] == {"val_top1": 0.5}
+    assert Config.from_dict(state["config"]) == Config()
+    assert state["schedule"] == {"peak_lr": 0.1}
+
+    fresh = _model()
+    fresh(torch.randn(1, 3, 8, 8))  # materialise the lazy layer
+    opt2 = build_optimizer(fresh, Config().optim, lr=0.1)
+    ckpt.restore(fresh, opt2, state)
+    for (k, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert opt2.state_dict()["state"][0]["momentum_buffer"].equal(opt.state_dict()["state"][0]["momentum_buffer"])
+
+
+def test_unwraps_ddp_and_compile(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        model = _model()
+        model(torch.randn(1, 3, 8, 8))
+        wrapped = torch.compile(nn.parallel.DistributedDataParallel(model), backend="eager")
+        assert ckpt.unwrap(wrapped) is model
+        state = _state(wrapped, None)
+        assert list(state["model"]) == list(model.state_dict())  # no "module." / "_orig_mod." prefixes
+        assert all(not k.startswith(("module.", "_orig_mod.")) for k in state["model"])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path):
+    model = _model()
+    model(torch.randn(1, 3, 8, 8))
+    ckpt.save_checkpoint(tmp_path / "ck", _state(model, None, epoch=1))
+    ckpt.save_checkpoint(tmp_path / "ck", _state(model, None, epoch=2))
+    assert ckpt.load_checkpoint(tmp_path / "ck")["epoch"] == 2
+    assert os.listdir(tmp_path) == ["ck"]
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path):
+    model = _model()
+    model(torch.randn(1, 3, 8, 8))
+    ckpt.save_checkpoint(tmp_path / "ck", _state(model, None, epoch=1))
+    bad = _state(model, None, epoch=2)
+    bad["config"] = {"x": lambda: 0}  # torch.save cannot pickle a lambda: the write fails mid-way
+    with pytest.raises(Exception):
+        ckpt.save_checkpoint(tmp_path / "ck", bad)
+    assert ckpt.load_checkpoint(tmp_path / "ck")["epoch"] == 1
+    assert os.listdir(tmp_path) == ["ck"]
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint.pt"):
+        ckpt.load_checkpoint(tmp_path)
+    torch.save({"format": "other"}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="eco-pipeline/1"):
+        ckpt.load_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="missing keys"):
+        ckpt.save_checkpoint(tmp_path / "x", {"format": "eco-pipeline/1"})

@@ -1,0 +1,76 @@
+"""A training worker process is killed mid-run: Ray Train V2 restarts the worker group from the last reported
+checkpoint (FailureConfig) and the run finishes with the right epochs and a consistent step count."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.training.checkpoint import load_checkpoint
+from pipeline.training.run import train
+from train_helpers import tiny_config, tiny_dataset
+
+pytestmark = pytest.mark.slow
+
+STEPS_PER_EPOCH = 3
+
+
+@pytest.fixture(scope="module")
+def tiny_data(ray_session, tmp_path_factory):
+    return tiny_dataset(tmp_path_factory)
+
+
+def _registered(run_dir: Path) -> set[str]:
+    """Checkpoint directories Ray Train has registered (its snapshot is written after each upload)."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return set()
+    return {r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
+
+
+def _kill_rank1_after_first_checkpoint(run_dir: Path, killed: dict, stop: threading.Event) -> None:
+    while not stop.is_set():
+        if "epoch_0001" in _registered(run_dir):
+            workers = json.loads((run_dir / "epoch_0001" / "workers.json").read_text())
+            pid = next(w["pid"] for w in workers if w["rank"] == 1)
+            time.sleep(1.0)  # the workers are now inside epoch 2
+            os.kill(pid, signal.SIGKILL)
+            killed["pid"] = pid
+            return
+        time.sleep(0.2)
+
+
+def test_killed_worker_resumes_from_last_checkpoint(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, tmp_path / "runs", "tiny-fault", "train.epochs=2", "checkpoint.max_failures=2",
+                      "checkpoint.num_to_keep=2")
+    run_dir = tmp_path / "runs" / "tiny-fault"
+    killed: dict = {}
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_rank1_after_first_checkpoint, args=(run_dir, killed, stop), daemon=True)
+    killer.start()
+    try:
+        result = train(cfg)
+    finally:
+        stop.set()
+        killer.join(timeout=5)
+    assert "pid" in killed, "the worker was never killed (no checkpoint registered?)"
+
+    final = load_checkpoint(result.latest_checkpoint)
+    # Right number of epochs and a consistent step count: epoch 2 resumed from epoch 1's checkpoint, not redone
+    # from scratch and not counted twice.
+    assert (final["epoch"], final["step"]) == (2, 2 * STEPS_PER_EPOCH)
+    assert final["metrics"]["resumed_from_epoch"] == 1
+    assert final["metrics"]["train_count"] == 12
+    workers = json.loads(Path(result.latest_checkpoint, "workers.json").read_text())
+    assert killed["pid"] not in {w["pid"] for w in workers}, "epoch 2 was finished by a restarted worker group"
+    assert _registered(run_dir) == {"epoch_0001", "epoch_0002"}
+    # The checkpoint reported just before the crash is intact (complete and loadable) and was the resume point.
+    before = load_checkpoint(run_dir / "epoch_0001")
+    assert (before["epoch"], before["step"]) == (1, STEPS_PER_EPOCH)
