@@ -6,9 +6,15 @@ Same arguments and behaviour as `eco evaluate` (parsed by pipeline.cli.build_par
 import sys
 from pathlib import Path
 
+# The job's working directory (the uploaded repo) comes first, ahead of any installed copy of `pipeline`.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.cli import main  # noqa: E402
+from pipeline.cli import run_subcommand  # noqa: E402
+
+
+def run(argv: list[str]) -> int:
+    return run_subcommand("evaluate", argv)
+
 
 if __name__ == "__main__":
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+    sys.exit(run(sys.argv[1:]))

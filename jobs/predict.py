@@ -7,22 +7,17 @@ takes exactly the arguments of `eco predict` (pipeline.cli.build_parser): `pytho
 joins the job's Ray cluster (ray.init() honours RAY_ADDRESS, which `ray job submit` sets).
 """
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 
-try:
-    from pipeline.cli import main
-except ImportError:  # run from a checkout that is not pip-installed: the repository root holds `pipeline/`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pipeline.cli import main
+# The job's working directory (the uploaded repo) comes first, ahead of any installed copy of `pipeline`.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.cli import run_subcommand  # noqa: E402
 
 
 def run(argv: list[str]) -> int:
-    # `eco -v predict ...`: the verbose flag belongs to the top-level parser.
-    verbose = [a for a in argv if a in ("-v", "--verbose")]
-    return main([*verbose, "predict", *(a for a in argv if a not in verbose)])
+    return run_subcommand("predict", argv)
 
 
 if __name__ == "__main__":

@@ -220,5 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run_subcommand(command: str, argv: list[str]) -> int:
+    """`python jobs/<command>.py ARGS` == `eco <command> ARGS`: the thin `ray job submit` entrypoints call this.
+    A `-v` anywhere in ARGS belongs to the top-level parser."""
+    verbose = [a for a in argv if a in ("-v", "--verbose")]
+    return main([*verbose, command, *(a for a in argv if a not in verbose)])
+
+
 if __name__ == "__main__":
     sys.exit(main())

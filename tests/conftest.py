@@ -15,9 +15,13 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
-    """A real local Ray instance shared by the whole session.
+    """A real local Ray instance, fresh for each test module.
+
+    Per module rather than per session: an actor pool or a Ray Train controller that one module leaves behind
+    (a killed worker, an abandoned iterator) holds logical CPUs, and the next module's pipeline would wait for
+    them forever. A fresh instance costs a few seconds per module.
 
     4 logical CPUs on a 2-core machine: 2 training workers must leave room for the Ray Data decode stage, or the
     pipeline waits forever (Ray schedules by logical CPUs, not load).

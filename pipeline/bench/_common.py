@@ -8,15 +8,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 
-def kinetics_like_frames(seconds: float, fps: int, width: int, height: int, seed: int) -> np.ndarray:
-    """uint8 RGB (F, H, W, 3): a slowly panning, smooth textured scene, a moving object and sensor noise.
+def kinetics_like_frames(seconds: float, fps: int, width: int, height: int, seed: int) -> Iterator[np.ndarray]:
+    """Yield uint8 RGB (H, W, 3) frames: a slowly panning, smooth textured scene, a moving object and sensor noise.
+    A generator, so that a 720p video never sits in memory.
 
     What matters for decode and storage benchmarks is that frames look like camera footage to the encoders: mostly
     smooth content that moves (so H.264 uses motion-compensated P/B frames and JPEG compresses like a photo), plus
@@ -32,7 +33,6 @@ def kinetics_like_frames(seconds: float, fps: int, width: int, height: int, seed
     for axis in (0, 1):
         texture = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), axis, texture)
     yy, xx = np.mgrid[0:height, 0:width]
-    frames = np.empty((n, height, width, 3), np.uint8)
     radius = max(4, min(width, height) // 8)
     for t in range(n):
         dx, dy = (2 * t) % pad, t % (pad // 2)  # camera pan
@@ -42,8 +42,7 @@ def kinetics_like_frames(seconds: float, fps: int, width: int, height: int, seed
         disc = (xx - cx) ** 2 + (yy - cy) ** 2 < radius ** 2
         frame[disc] = (230.0, 60.0, 50.0)
         frame += rng.normal(0.0, 3.0, frame.shape).astype(np.float32)
-        frames[t] = np.clip(frame, 0, 255).astype(np.uint8)
-    return frames
+        yield np.clip(frame, 0, 255).astype(np.uint8)
 
 
 def make_videos(out_dir: str | Path, *, count: int, seconds: float, fps: int = 30, size: tuple[int, int] = (340, 256),

@@ -22,36 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bench._common import CpuTimer, Timing, write_results
+from pipeline.bench._common import CpuTimer, Timing, kinetics_like_frames, write_results
 
 log = logging.getLogger(__name__)
 
 SEGMENTS = 16
 SHORT_SIDE = 256
 CROP = 224
-
-
-def _frames(seconds: float, fps: int, width: int, height: int, seed: int):
-    """Yield uint8 RGB frames of a panning textured scene with a moving disc and sensor noise (camera-like to
-    H.264: motion-compensated P/B frames with real residuals). A generator: a 720p video never sits in memory."""
-    rng = np.random.default_rng(seed)
-    n = int(round(seconds * fps))
-    pan = 2 * n + 32
-    coarse = rng.integers(40, 220, ((height + pan) // 16 + 2, (width + pan) // 16 + 2, 3)).astype(np.float32)
-    texture = np.kron(coarse, np.ones((16, 16, 1), np.float32))
-    kernel = np.ones(9, np.float32) / 9
-    for axis in (0, 1):
-        texture = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), axis, texture)
-    yy, xx = np.mgrid[0:height, 0:width]
-    radius = max(4, min(width, height) // 8)
-    noise = rng.normal(0.0, 3.0, (8, height, width, 3)).astype(np.float32)  # recycled: generating it costs more
-    for t in range(n):
-        dx, dy = (2 * t) % pan, t % (pan // 2)
-        frame = texture[dy:dy + height, dx:dx + width] + noise[t % len(noise)]
-        cx = int(width * (0.2 + 0.6 * t / max(1, n - 1)))
-        cy = int(height * (0.5 + 0.25 * np.sin(2 * np.pi * t / max(1, n))))
-        frame[(xx - cx) ** 2 + (yy - cy) ** 2 < radius ** 2] = (230.0, 60.0, 50.0)
-        yield np.clip(frame, 0, 255).astype(np.uint8)
 
 
 def _measure(fn, *, min_clips: int, min_cpu_s: float, max_clips: int) -> Timing:
@@ -86,7 +63,7 @@ def run(args) -> int:
             for gop in gops:
                 path = Path(tmp) / f"kinetics_like_{width}x{height}_gop{gop}.mp4"
                 print(f"writing {path.name} ({seconds:g} s, {fps} fps) ...", flush=True)
-                write_video(path, _frames(seconds, fps, width, height, seed=gop), fps, gop=gop, crf=23)
+                write_video(path, kinetics_like_frames(seconds, fps, width, height, seed=gop), fps, gop=gop, crf=23)
                 info = decode.probe(str(path))
                 rng = np.random.default_rng(0)
 

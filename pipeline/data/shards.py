@@ -376,25 +376,13 @@ class ShardClipDecoder:
                                   video_id=str(row["video_id"]))
 
     def _clips(self, row: dict[str, Any]):
-        from pipeline.data import sampling, transforms
+        from pipeline.data.clips import clip_views
 
-        num_frames = int(row["num_frames"])
-        if self.train:
-            rng = sampling.clip_rng(self.seed, self.epoch, str(row["video_id"]))
-            frames = self._decode(row, sampling.train_indices(num_frames, self.T, rng))
-            if self.shuffle_frames:
-                frames = frames[rng.permutation(len(frames))]
-            yield 0, transforms.train_transform(frames, crop_size=self.crop_size, rng=rng,
-                                                multiscale=self.multiscale, flip=self.flip)
-            return
-        for c in range(self.num_clips):
-            frames = self._decode(row, sampling.eval_indices(num_frames, self.T, clip=c, num_clips=self.num_clips))
-            if self.shuffle_frames:
-                frames = frames[sampling.clip_rng(self.seed, 0, f"{row['video_id']}#{c}").permutation(len(frames))]
-            views = transforms.eval_transform(frames, short_side=self.short_side, crop_size=self.crop_size,
-                                              crops=self.crops)
-            for k in range(self.crops):
-                yield c * self.crops + k, np.ascontiguousarray(views[k])
+        return clip_views(lambda indices: self._decode(row, indices), str(row["video_id"]), int(row["num_frames"]),
+                          train=self.train, num_segments=self.T, seed=self.seed, epoch=self.epoch,
+                          short_side=self.short_side, crop_size=self.crop_size, multiscale=self.multiscale,
+                          flip=self.flip, shuffle_frames=self.shuffle_frames, num_clips=self.num_clips,
+                          crops=self.crops)
 
 
 # --------------------------------------------------------------------------------------------------------------
