@@ -6,7 +6,7 @@ they fetch frames; both call `clip_views` so that training from videos and from 
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -38,3 +38,31 @@ def clip_views(fetch: Callable[[np.ndarray], np.ndarray], video_id: str, num_fra
         views = transforms.eval_transform(frames, short_side=short_side, crop_size=crop_size, crops=crops)
         for k in range(crops):
             yield c * crops + k, np.ascontiguousarray(views[k])
+
+
+def clips_batch(rows: Iterable[dict[str, Any]],
+                clips_of: Callable[[dict[str, Any]], Iterator[tuple[int, np.ndarray]]],
+                failure_of: Callable[[dict[str, Any], Exception], dict[str, Any]], *, num_segments: int,
+                crop_size: int) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Run `clips_of` over a decode batch's rows -> (output batch, failure records).
+
+    A row whose frames cannot be had is dropped and described by `failure_of(row, error)`; the other rows go on.
+    The output columns are the pipeline's: clip uint8 (N, T, crop, crop, 3), label, video_id, clip_index.
+    """
+    clips, labels, video_ids, clip_indices, failures = [], [], [], [], []
+    for row in rows:
+        try:
+            for clip_index, clip in clips_of(row):
+                clips.append(clip)
+                labels.append(int(row["label"]))
+                video_ids.append(str(row["video_id"]))
+                clip_indices.append(clip_index)
+        except Exception as e:  # noqa: BLE001 - a bad row is dropped and recorded, the epoch goes on
+            failures.append(failure_of(row, e))
+    batch = {
+        "clip": np.stack(clips) if clips else np.zeros((0, num_segments, crop_size, crop_size, 3), np.uint8),
+        "label": np.asarray(labels, np.int64),
+        "video_id": np.asarray(video_ids, dtype=object),
+        "clip_index": np.asarray(clip_indices, np.int64),
+    }
+    return batch, failures

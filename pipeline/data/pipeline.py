@@ -129,34 +129,25 @@ class _ClipDecoder:
         self.decoder = IsolatedDecoder(timeout_s=timeout_s, max_clips_per_process=max_clips_per_process, **kwargs)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pipeline.data.decode import DecodeError
+        from pipeline.data.clips import clips_batch
 
-        clips, labels, video_ids, clip_indices, failures = [], [], [], [], []
-        for i in range(len(batch["path"])):
-            row = {k: batch[k][i] for k in _DECODE_COLUMNS}
-            try:
-                for clip_index, clip in self._clips(row):
-                    clips.append(clip)
-                    labels.append(int(row["label"]))
-                    video_ids.append(str(row["video_id"]))
-                    clip_indices.append(clip_index)
-            except DecodeError as e:
-                failures.append(_failure(row, e.reason, str(getattr(e, "detail", "") or e), self.epoch))
-            except Exception as e:  # noqa: BLE001 - a bad row is dropped and recorded, the epoch goes on
-                log.exception("decoding %s failed unexpectedly", row["path"])
-                failures.append(_failure(row, "decode_error", f"{type(e).__name__}: {e}", self.epoch))
+        rows = ({k: batch[k][i] for k in _DECODE_COLUMNS} for i in range(len(batch["path"])))
+        out, failures = clips_batch(rows, self._clips, self._failure, num_segments=self.T,
+                                    crop_size=self.crop_size)
         if failures:
             # Blocking, so that a consumer that finished the epoch finds every failure recorded.
             ray.get(self.run_state.record_failures.remote(failures))
             log.warning("dropped %d clips: %s", len(failures),
                         ", ".join(f"{f['path']} ({f['reason']})" for f in failures))
-        shape = (0, self.T, self.crop_size, self.crop_size, 3)
-        return {
-            "clip": np.stack(clips) if clips else np.zeros(shape, np.uint8),
-            "label": np.asarray(labels, np.int64),
-            "video_id": np.asarray(video_ids, dtype=object),
-            "clip_index": np.asarray(clip_indices, np.int64),
-        }
+        return out
+
+    def _failure(self, row: dict[str, Any], e: Exception) -> dict[str, Any]:
+        from pipeline.data.decode import DecodeError
+
+        if isinstance(e, DecodeError):
+            return _failure(row, e.reason, str(getattr(e, "detail", "") or e), self.epoch)
+        log.error("decoding %s failed unexpectedly", row["path"], exc_info=e)
+        return _failure(row, "decode_error", f"{type(e).__name__}: {e}", self.epoch)
 
     def _decode(self, row: dict[str, Any], indices: np.ndarray) -> np.ndarray:
         # num_frames (probed) clamps indices to frames that really decode; size saves a header read.

@@ -337,20 +337,12 @@ class ShardClipDecoder:
         self.failures: list[dict[str, Any]] = []
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        clips, labels, video_ids, clip_indices, failures = [], [], [], [], []
-        for i in range(len(batch["path"])):
-            row = {k: batch[k][i] for k in ("path", "video_id", "label", "num_frames", "batch_index")}
-            try:
-                for clip_index, clip in self._clips(row):
-                    clips.append(clip)
-                    labels.append(int(row["label"]))
-                    video_ids.append(str(row["video_id"]))
-                    clip_indices.append(clip_index)
-            except ShardError as e:
-                failures.append(self._failure(row, "shard_error", str(e)))
-            except Exception as e:  # noqa: BLE001 - a bad row is dropped and recorded, the epoch goes on
-                log.exception("reading %s from %s failed unexpectedly", row["video_id"], row["path"])
-                failures.append(self._failure(row, "decode_error", f"{type(e).__name__}: {e}"))
+        from pipeline.data.clips import clips_batch
+
+        rows = ({k: batch[k][i] for k in ("path", "video_id", "label", "num_frames", "batch_index")}
+                for i in range(len(batch["path"])))
+        out, failures = clips_batch(rows, self._clips, self._failure, num_segments=self.T,
+                                    crop_size=self.crop_size)
         if failures:
             self.failures.extend(failures)
             if self.run_state is not None:
@@ -359,15 +351,14 @@ class ShardClipDecoder:
                 ray.get(self.run_state.record_failures.remote(failures))
             log.warning("dropped %d clips: %s", len(failures),
                         ", ".join(f"{f['video_id']} in {f['path']} ({f['reason']})" for f in failures))
-        shape = (0, self.T, self.crop_size, self.crop_size, 3)
-        return {
-            "clip": np.stack(clips) if clips else np.zeros(shape, np.uint8),
-            "label": np.asarray(labels, np.int64),
-            "video_id": np.asarray(video_ids, dtype=object),
-            "clip_index": np.asarray(clip_indices, np.int64),
-        }
+        return out
 
-    def _failure(self, row: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
+    def _failure(self, row: dict[str, Any], e: Exception) -> dict[str, Any]:
+        if isinstance(e, ShardError):
+            reason, detail = "shard_error", str(e)
+        else:
+            log.error("reading %s from %s failed unexpectedly", row["video_id"], row["path"], exc_info=e)
+            reason, detail = "decode_error", f"{type(e).__name__}: {e}"
         return {"path": str(row["path"]), "video_id": str(row["video_id"]), "reason": reason, "detail": detail,
                 "epoch": self.epoch}
 
