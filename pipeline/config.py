@@ -61,8 +61,9 @@ class DataConfig:
     # Control experiment: shuffle the sampled frames in time (the model should then be near chance on a task
     # that needs temporal order).
     shuffle_frames: bool = False
-    # Ray Data decode stage: an actor pool of `decode_workers` actors, each holding `decode_cpus` logical CPUs
-    # and a killable child decode process. `decode_resources` pins decoding to e.g. CPU-only nodes.
+    # Ray Data decode stage: up to `decode_workers` decode tasks at a time, each holding `decode_cpus` logical
+    # CPUs; their worker processes keep a killable child decode process across tasks and epochs.
+    # `decode_resources` pins decoding to e.g. CPU-only nodes.
     decode_workers: int = 2
     decode_cpus: float = 1.0
     decode_resources: dict[str, float] = field(default_factory=dict)

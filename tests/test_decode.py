@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 
 from pipeline.data.decode import (
+    CHILD_PROCESS_NAME,
     DECORD_BAD_WIDTHS,
+    SHARED_IDLE_TIMEOUT_S,
     DecodeError,
     IsolatedDecoder,
     VideoInfo,
     decode_frames,
     probe,
+    shared_decoder,
 )
 from pipeline.data.sampling import eval_indices, train_indices
 from tests import faults
@@ -254,6 +257,44 @@ def test_isolated_decoder_crash_is_reported_and_recovers(vdir, fault):
         assert e.value.reason == "crashed" and e.value.path == str(path)
         assert ("-11" if fault == "CRASH" else "3") in e.value.detail  # the exit code: SIGSEGV / os._exit(3)
         assert decoder.decode(good, [0, 7]).shape == (2, 48, 64, 3)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def test_idle_child_is_stopped_and_restarted_on_demand(vdir):
+    """A decoder kept by a long-lived process (shared_decoder) must not hold an idle child forever."""
+    path = write_test_video(vdir / "idle.mp4", num_frames=8)
+    with IsolatedDecoder(timeout_s=60, idle_timeout_s=0.5) as decoder:
+        first = decoder.decode(path, [0, 7])
+        pid = decoder.pid
+        assert _comm(pid) == CHILD_PROCESS_NAME  # operators (and eco bench pipeline) find decode children by name
+        deadline = time.monotonic() + 60
+        while decoder.pid is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert decoder.pid is None
+        assert _comm(pid) != CHILD_PROCESS_NAME  # the process is gone (or its pid was reused by another program)
+        np.testing.assert_array_equal(decoder.decode(path, [0, 7]), first)
+        assert decoder.processes_started == 2
+    with pytest.raises(ValueError, match="idle_timeout_s"):
+        IsolatedDecoder(idle_timeout_s=0)
+
+
+def test_shared_decoder_is_one_per_setting_and_bounded():
+    a = shared_decoder(timeout_s=30, max_clips_per_process=10)
+    assert shared_decoder(timeout_s=30.0, max_clips_per_process=10) is a
+    b = shared_decoder(timeout_s=30, max_clips_per_process=10, decode_fn=faults.faulty_decode)
+    assert b is not a and b.decode_fn is faults.faulty_decode and a.idle_timeout_s == SHARED_IDLE_TIMEOUT_S
+    c = shared_decoder(timeout_s=5, max_clips_per_process=10)  # a third setting evicts (and closes) the oldest
+    assert shared_decoder(timeout_s=30, max_clips_per_process=10, decode_fn=faults.faulty_decode) is b
+    assert shared_decoder(timeout_s=30, max_clips_per_process=10) is not a
+    for d in (a, b, c):
+        d.close()
 
 
 def test_indexed_frames_are_distinguishable():

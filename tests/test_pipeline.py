@@ -7,6 +7,8 @@ written directly (MANIFEST_SCHEMA) so these tests do not pay for probing.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,7 +19,14 @@ from pipeline.config import Config
 from pipeline.data import sampling
 from pipeline.data.encode import write_video
 from pipeline.data.manifest import MANIFEST_SCHEMA
-from pipeline.data.pipeline import ClipCollate, build_eval_dataset, build_train_dataset, create_run_state
+from pipeline.data.decode import CHILD_PROCESS_NAME
+from pipeline.data.pipeline import (
+    ClipCollate,
+    _ClipSource,
+    build_eval_dataset,
+    build_train_dataset,
+    create_run_state,
+)
 from tests.faults import faulty_decode
 
 NUM_FRAMES, FPS, WIDTH, HEIGHT = 24, 8, 64, 48
@@ -67,6 +76,86 @@ def videos(tmp_path_factory):
         for i in range(3):
             out[(label, i)] = write_video(root / f"{NAMES[label]}_{i}.mp4", _video(label), FPS)
     return root, out
+
+
+def _decode_children() -> set[int]:
+    """PIDs of the decode child processes under this test process (its Ray instance's workers' children)."""
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    parent = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent[pid] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            pass
+
+    def mine(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    def comm(pid: int) -> str:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                return f.read().strip()
+        except OSError:
+            return ""
+
+    return {p for p in parent if comm(p) == CHILD_PROCESS_NAME and mine(p)}
+
+
+def test_decode_processes_outlive_epochs_and_each_epoch_has_its_own_order(ray_session, videos, tmp_path):
+    """The second and third passes (epochs 1, 2) decode with the child processes of the first: no per-epoch
+    start-up. Each pass visits every video once, in the order sampling.epoch_order gives its epoch."""
+    _, files = videos
+    rows = [(f"{NAMES[c]}/{i}", p, c, "train") for (c, i), p in files.items()]
+    manifest = _manifest(tmp_path / "manifest.parquet", rows)
+    state = create_run_state()
+    # One decode task at a time: rows leave in the order of the source's blocks.
+    ds = build_train_dataset(_cfg(decode_workers=1), manifest, run_state=state)
+    orders, children = [], []
+    for epoch in range(3):
+        ray.get(state.set_epoch.remote(epoch))
+        got = [(vid, _read_clip(clip)[1]) for batch in ds.iter_batches(batch_size=None)
+               for vid, clip in zip(batch["video_id"], batch["clip"])]
+        assert all(frames == sampling.train_indices(NUM_FRAMES, T, sampling.clip_rng(5, epoch, vid)).tolist()
+                   for vid, frames in got)
+        orders.append([vid for vid, _ in got])
+        children.append(_decode_children())
+    ids = [vid for vid, *_ in rows]
+    for epoch, order in enumerate(orders):
+        assert order == [ids[i] for i in sampling.epoch_order(len(ids), 5, epoch)]
+    assert len(set(map(tuple, orders))) == 3
+    assert children[0] and children[1] == children[0] and children[2] == children[0]
+
+
+def test_clip_source_orders_and_stamps_rows_at_each_execution(ray_session):
+    """What a resumed run relies on: the rows of epoch e depend on (seed, e) only, not on earlier executions."""
+    rows = pa.table({"video_id": [f"v{i}" for i in range(10)], "n": list(range(10))})
+    state = create_run_state()
+
+    def source(seed):
+        return _ClipSource(rows, rows_per_block=3, blocks_per_task=2, run_state=state, shuffle_seed=seed,
+                           decoder_cls=object, decoder_kwargs={}, clip_bytes=1)
+
+    def rows_of(src):
+        blocks = src.epoch_blocks()
+        assert [b.num_rows for b in blocks] == [3, 3, 3, 1]
+        assert len(src.get_read_tasks(1)) == src.num_tasks() == 2  # two blocks per read task
+        return pa.concat_tables(blocks)
+
+    train = source(5)
+    ray.get(state.set_epoch.remote(4))
+    first = rows_of(train)
+    assert first.column("n").to_pylist() == sampling.epoch_order(10, 5, 4).tolist()
+    assert set(first.column("epoch").to_pylist()) == {4}
+    ray.get(state.set_epoch.remote(5))
+    assert rows_of(train).column("n").to_pylist() == sampling.epoch_order(10, 5, 5).tolist()
+    ray.get(state.set_epoch.remote(4))
+    assert rows_of(source(5)).equals(first)
+    assert rows_of(source(None)).column("n").to_pylist() == list(range(10))
 
 
 def test_two_consumers_get_disjoint_complete_labelled_shards_with_fresh_offsets(ray_session, videos, tmp_path):
@@ -119,7 +208,7 @@ def test_eval_rows_follow_manifest_order_with_clips_and_crops(ray_session, video
     # Manifest order (not sorted by id) is the evaluation order.
     rows = [(f"v{n}", files[key], key[0], "val") for n, key in enumerate([(2, 0), (0, 1), (1, 2), (0, 0)])]
     manifest = _manifest(tmp_path / "manifest.parquet", rows + [("t", files[(1, 0)], 1, "train")])
-    # Two actors, batches of one video: they finish out of order, the rows must not.
+    # Two decode tasks at a time, batches of one video: they finish out of order, the rows must not.
     ds = build_eval_dataset(_cfg(decode_batch_size=1), manifest, "val", num_clips=2, crops=3,
                             run_state=create_run_state())
     first = ds.take_all()

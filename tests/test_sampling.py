@@ -108,3 +108,15 @@ def test_clip_rng_stable_across_processes():
 def test_invalid_arguments(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_epoch_order_is_a_permutation_of_seed_and_epoch_only():
+    from pipeline.data.sampling import epoch_order
+
+    a = epoch_order(50, 7, 3)
+    assert sorted(a.tolist()) == list(range(50)) and a.dtype == np.int64
+    np.testing.assert_array_equal(a, epoch_order(50, 7, 3))  # a resumed run replays the same order
+    assert not np.array_equal(a, epoch_order(50, 7, 4)) and not np.array_equal(a, epoch_order(50, 8, 3))
+    assert epoch_order(0, 7, 3).tolist() == []
+    with pytest.raises(ValueError, match="num_rows"):
+        epoch_order(-1, 0, 0)

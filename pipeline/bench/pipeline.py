@@ -1,16 +1,18 @@
 """`eco bench pipeline`: the Ray Data training pipeline's throughput with 1 and 2 decode CPUs, and decode-worker
 memory over many clips.
 
-1. Scaling: `pipeline.data.pipeline.build_train_dataset` (manifest -> per-epoch shuffle -> decode actor pool ->
+1. Scaling: `pipeline.data.pipeline.build_train_dataset` (manifest rows in the epoch's order -> decode tasks ->
    16-segment clips, multi-scale crop to 224) on Kinetics-like MP4s (340x256, 30 fps, H.264 GOP 250), consumed by the
    driver as fast as it can, with `data.decode_workers` = 1 and then 2 (one logical CPU each) on a local Ray
-   instance with 3 logical CPUs (2 decode slots + 1 for the upstream shuffle/repartition tasks). Throughput is clips/s of wall time after the first batch (actor start-up
-   excluded); the ratio 2 CPUs / 1 CPU is the scaling (ideal 2.0 on 2 idle cores). Then the same stage with 2
-   CPUs on Arrow IPC frame shards of the same videos (`pipeline.data.shards.ShardClipDecoder`).
-2. Memory: one long epoch (10,000 clips; --quick: 600) through the same pipeline with 2 decode actors (small
-   160x120 1 s videos at 112 px, so that 10,000 clips take minutes, not an hour, on a small machine). A sampler
-   thread reads the resident set size (/proc) of every decode actor process and of its child decode processes
-   (pipeline.data.decode.IsolatedDecoder) twice a second. Growth = median RSS over the last 10% of clips minus the
+   instance with 3 logical CPUs. Throughput is clips/s of wall time after the first batch (start-up excluded);
+   the ratio 2 CPUs / 1 CPU is the scaling (ideal 2.0 on 2 idle cores). A short warm-up pass before each
+   measurement starts the decode worker processes and their decode children, as a training run's first epoch
+   does for all later ones. Then the same stage with 2 CPUs on Arrow
+   IPC frame shards of the same videos (`data.format=shards`, `pipeline.data.shards.ShardClipDecoder`).
+2. Memory: one long epoch (10,000 clips; --quick: 600) through the same pipeline with 2 decode tasks at a time
+   (small 160x120 1 s videos at 112 px, so that 10,000 clips take minutes, not an hour, on a small machine). A
+   sampler thread reads the resident set size (/proc) of every Ray worker process that has run a decode task and
+   of its child decode processes (pipeline.data.decode.IsolatedDecoder) twice a second. Growth = median RSS over the last 10% of clips minus the
    median over 10-20% (after warm-up). The child is replaced every `data.decode_max_clips_per_process` clips, which
    is what bounds decord's per-reader leak.
 """
@@ -39,8 +41,23 @@ from pipeline.bench._common import (
 
 log = logging.getLogger(__name__)
 
-# Ray titles actor processes "ray::MapWorker(MapBatches(_ClipDecoder))" (or ShardClipDecoder).
-DECODER_TITLE = "ClipDecoder"
+# Ray titles a worker process by the task it runs: "ray::ReadEcoClips" while it
+# decodes, "ray::IDLE" between tasks. The same processes decode every batch (Ray reuses its workers), so every
+# process seen decoding is remembered (with its CPU time when first seen) until the driver exits.
+DECODER_TITLE = "ReadEcoClips"
+_decoders: dict[int, float] = {}
+_decoders_lock = threading.Lock()
+
+
+def _decode_workers() -> list[int]:
+    """This driver's Ray worker processes that have run a decode task (alive ones), found by their title."""
+    # Only this driver's Ray instance (its raylet is our child): other Ray sessions on the machine may decode too.
+    mine = set(descendants(os.getpid()))
+    with _decoders_lock:
+        for pid in find_processes(DECODER_TITLE):
+            if pid in mine and pid not in _decoders:
+                _decoders[pid] = sum(cpu_seconds(p) for p in [pid, *descendants(pid)])
+        return [p for p in _decoders if p in mine]
 
 
 def _config(decode_workers: int, *, max_clips_per_process: int = 2000, short_side: int = 256, crop: int = 224):
@@ -70,25 +87,20 @@ def _manifest_table(manifest_dir: Path, copies: int, *, rename: bool = True):
 
 
 class _RssSampler(threading.Thread):
-    """Samples (clips consumed so far, decode actors' RSS, their children's RSS) every `period_s`."""
+    """Samples (clips consumed so far, decode workers' RSS, their children's RSS) every `period_s`."""
 
     def __init__(self, progress: list[int], period_s: float = 0.5):
         super().__init__(daemon=True)
         self.progress, self.period_s = progress, period_s
-        self.samples: list[tuple[int, int, int, int]] = []  # (clips, actor_rss, child_rss, actors)
+        self.samples: list[tuple[int, int, int, int]] = []  # (clips, worker_rss, child_rss, workers)
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        import os
-
         while not self._stop_event.is_set():
-            # Only this driver's Ray instance (its raylet is our child): other Ray sessions on the machine may run
-            # decode actors with the same title.
-            mine = set(descendants(os.getpid()))
-            actors = [a for a in find_processes(DECODER_TITLE) if a in mine]
-            children = [c for a in actors for c in descendants(a)]
-            self.samples.append((self.progress[0], sum(rss_bytes(a) for a in actors),
-                                 sum(rss_bytes(c) for c in children), len(actors)))
+            workers = _decode_workers()
+            children = [c for w in workers for c in descendants(w)]
+            self.samples.append((self.progress[0], sum(rss_bytes(w) for w in workers),
+                                 sum(rss_bytes(c) for c in children), len(workers)))
             self._stop_event.wait(self.period_s)
 
     def stop(self) -> None:
@@ -97,16 +109,13 @@ class _RssSampler(threading.Thread):
 
 
 def _decode_cpu_seconds() -> float:
-    """CPU seconds used so far by this driver's decode actors and their decode child processes."""
-    import os
-
-    mine = set(descendants(os.getpid()))
-    actors = [a for a in find_processes(DECODER_TITLE) if a in mine]
-    return sum(cpu_seconds(p) for a in actors for p in [a, *descendants(a)])
+    """CPU seconds used by this driver's decode workers and their decode child processes since each was first
+    seen decoding."""
+    return sum(sum(cpu_seconds(p) for p in [a, *descendants(a)]) - _decoders[a] for a in _decode_workers())
 
 
 def _consume(ds, progress: list[int]) -> tuple[int, float, float, float]:
-    """Iterate the whole dataset (a partial iteration would keep its actors, and their CPU slots, alive);
+    """Iterate the whole dataset (a partial iteration would keep its tasks, and their CPU slots, busy);
     returns (clips, seconds after the first batch, clips in the first batch, decode CPU-seconds after it)."""
     first_t = None
     first_n = 0
@@ -117,32 +126,32 @@ def _consume(ds, progress: list[int]) -> tuple[int, float, float, float]:
         progress[0] = n
         if first_t is None:
             first_t, first_n, cpu0 = time.perf_counter(), n, _decode_cpu_seconds()
-        # Read before the actors exit at the end of the execution (their CPU time leaves /proc with them).
         cpu1 = _decode_cpu_seconds()
     return n, time.perf_counter() - (first_t or time.perf_counter()), first_n, max(cpu1 - cpu0, 0.0)
 
 
 def _shard_stage(manifest_dir: Path, work: Path, *, clips: int) -> dict[str, Any]:
-    """The same Ray Data stage (shuffle -> blocks of 4 -> 2 decode actors, 1 CPU each) reading Arrow IPC frame
-    shards of the same videos with `ShardClipDecoder`, the shard twin of the MP4 decoder."""
+    """The same Ray Data stage (`data.format=shards`: rows in the epoch's order -> decode tasks, 2 at a time, 1
+    CPU each) reading Arrow IPC frame shards of the same videos with `ShardClipDecoder`."""
     import ray
 
-    from pipeline.data.shards import ShardClipDecoder, write_shards
+    from pipeline.data.pipeline import build_train_dataset, create_run_state
+    from pipeline.data.shards import write_shards
 
     shard_dir = work / "shards"
     if not (shard_dir / "manifest.parquet").exists():
         write_shards(manifest_dir, shard_dir, short_side=256, quality=90)
-    table = _manifest_table(shard_dir, copies=-(-clips // 8), rename=False).slice(0, clips)
-    ds = (ray.data.from_arrow(table)
-          .random_shuffle(seed=0)
-          .repartition(target_num_rows_per_block=4)
-          .map_batches(ShardClipDecoder, batch_size=4, compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1,
-                       fn_constructor_kwargs=dict(train=True, num_segments=16, short_side=256, crop_size=224,
-                                                  multiscale=True, flip=True, shuffle_frames=False, seed=0,
-                                                  epoch=0)))
+    videos = _manifest_table(shard_dir, copies=1, rename=False).num_rows
+    table = _manifest_table(shard_dir, copies=-(-clips // videos), rename=False).slice(0, clips)
+    state = create_run_state()
+    cfg = _config(2).replace({"data.format": "shards"})
+    _consume(build_train_dataset(cfg, table.slice(0, 16), run_state=state), [0])  # warm-up, as for MP4
+    ds = build_train_dataset(cfg, table, run_state=state)
     n, steady_s, first, cpu_s = _consume(ds, [0])
+    failed = ray.get(state.failures.remote())
+    ray.kill(state)
     if n != clips:
-        raise RuntimeError(f"frame-shard stage returned {n} of {clips} clips (see the decode actor logs)")
+        raise RuntimeError(f"frame-shard stage returned {n} of {clips} clips: {failed[:3]}")
     return {"cpus": 2, "clips": n, "clips_per_s": (n - first) / steady_s if steady_s > 0 else float("nan"),
             "decode_cpu_s": cpu_s, "clips_per_decode_cpu_s": (n - first) / cpu_s if cpu_s > 0 else float("nan"),
             "load_average": os.getloadavg()[0]}
@@ -163,9 +172,8 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False, memory_c
 
     started_ray = False
     if not ray.is_initialized():
-        # 2 logical CPUs for the decode actors plus 1 for the pipeline's small upstream tasks (shuffle,
-        # repartition): with only 2, two actors hold every CPU slot and the upstream tasks never run (Ray schedules
-        # by logical CPUs). The driver consumes without a Ray CPU.
+        # 2 logical CPUs for the decode tasks plus 1 spare for Ray Data's own small tasks. The driver consumes
+        # without a Ray CPU.
         ray.init(num_cpus=3, include_dashboard=False, logging_level="warning",
                  object_store_memory=512 * 2**20)
         started_ray = True
@@ -176,13 +184,16 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False, memory_c
         for workers in (1, 2):
             table = _manifest_table(manifest_dir, copies=-(-scaling_clips // n_videos)).slice(0, scaling_clips)
             state = create_run_state()
+            # Warm-up: a few batches per decode slot, so that each slot has a worker process with a running decode
+            # child (what every epoch after the first of a training run finds); the measured pass is the next one.
+            _consume(build_train_dataset(_config(workers), table.slice(0, 8 * workers), run_state=state), [0])
             ds = build_train_dataset(_config(workers), table, run_state=state)
             progress = [0]
             t0 = time.perf_counter()
             n, steady_s, first, cpu_s = _consume(ds, progress)
             total_s = time.perf_counter() - t0
             rate = (n - first) / steady_s if steady_s > 0 else float("nan")
-            # Clips per decode CPU-second: unaffected by other load on the machine; equal for 1 and 2 actors when
+            # Clips per decode CPU-second: unaffected by other load on the machine; equal for 1 and 2 decode tasks when
             # the pipeline adds no per-clip cost as it scales.
             scaling.append({"cpus": workers, "clips": n, "seconds": total_s, "steady_seconds": steady_s,
                             "clips_per_s": rate, "decode_cpu_s": cpu_s,
@@ -199,7 +210,7 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False, memory_c
                               "scaling_gop": 250, "segments": 16, "crop": 224},
                     "scaling": scaling, "scaling_ratio": ratio, "shards": shards, "memory": None}
 
-        # Memory: one long epoch, 2 decode actors. Small, short videos (160x120, 1 s, 16 segments at 112 px) make
+        # Memory: one long epoch, 2 decode tasks at a time. Small, short videos (160x120, 1 s, 16 segments at 112 px) make
         # 10,000 clips affordable on a small machine; what leaks (readers, buffers, Python objects) leaks per clip.
         mem_dir = make_videos(work / "videos_small", count=8, seconds=1.0, fps=30, size=(160, 120), gop=30, seed=100)
         table = _manifest_table(mem_dir, copies=-(-memory_clips // 8)).slice(0, memory_clips)
@@ -231,12 +242,12 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False, memory_c
     late_total = statistics.median([t for c, t in total if c >= 0.9 * n] or [0]) / 2**20
     memory = {
         "clips": n, "seconds": mem_seconds, "clips_per_s": n / mem_seconds, "samples": len(samples),
-        "actor_rss_mb_early": window(0.1, 0.2, 1), "actor_rss_mb_late": window(0.9, 1.0, 1),
+        "worker_rss_mb_early": window(0.1, 0.2, 1), "worker_rss_mb_late": window(0.9, 1.0, 1),
         "child_rss_mb_early": window(0.1, 0.2, 2), "child_rss_mb_late": window(0.9, 1.0, 2),
         "total_rss_mb_early": early_total, "total_rss_mb_late": late_total,
         "growth_mb": late_total - early_total,
         "max_total_rss_mb": max((t for _, t in total), default=0) / 2**20,
-        # After the first 1% of clips: excludes the start-up, when the actors and their children are spawning.
+        # After the first 1% of clips: excludes the start-up, when the decode children are starting.
         "max_total_rss_mb_after_start": max((t for c, t in total if c >= 0.01 * n), default=0) / 2**20,
         "trace": [(c, t / 2**20) for c, t in total][:: max(1, len(total) // 400)],
     }
@@ -249,7 +260,7 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False, memory_c
 def format_results(res: dict[str, Any]) -> str:
     s = res["scaling"]
     m = res["memory"]
-    lines = ["Ray Data pipeline (decode actors -> 16-segment clips at 224), Kinetics-like 340x256 MP4",
+    lines = ["Ray Data pipeline (decode tasks -> 16-segment clips at 224), Kinetics-like 340x256 MP4",
              f"  {'decode CPUs':12s} {'clips':>6s} {'clips/s':>8s} {'clips/decode-CPU-s':>19s} {'load avg':>9s}"]
     for r in s:
         lines.append(f"  {r['cpus']:<12d} {r['clips']:6d} {r['clips_per_s']:8.2f} "
@@ -261,8 +272,8 @@ def format_results(res: dict[str, Any]) -> str:
                      f"clips/decode-CPU-s ({sh['clips_per_s'] / s[1]['clips_per_s']:.1f}x the MP4 stage's clips/s)")
     if m is None:
         return "\n".join(lines)
-    lines.append(f"  decode worker memory over {m['clips']:,} clips ({m['clips_per_s']:.1f} clips/s, 2 actors): "
-                 f"actors + decode children {m['total_rss_mb_early']:.0f} MiB at 10-20% -> "
+    lines.append(f"  decode worker memory over {m['clips']:,} clips ({m['clips_per_s']:.1f} clips/s, 2 decode tasks): "
+                 f"workers + decode children {m['total_rss_mb_early']:.0f} MiB at 10-20% -> "
                  f"{m['total_rss_mb_late']:.0f} MiB at 90-100% (growth {m['growth_mb']:+.0f} MiB, "
                  f"max after start-up {m['max_total_rss_mb_after_start']:.0f} MiB)")
     return "\n".join(lines)
@@ -288,7 +299,7 @@ def plot_results(res: dict[str, Any], img_dir: str | Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=100)
     ax.plot([c for c, _ in trace], [r for _, r in trace], linewidth=1)
     ax.set_xlabel("clips decoded")
-    ax.set_ylabel("RSS of decode actors + children (MiB)")
+    ax.set_ylabel("RSS of decode workers + children (MiB)")
     ax.set_title("Decode worker memory over one long epoch", fontsize=10)
     ax.set_ylim(bottom=0)
     fig.tight_layout()

@@ -2,7 +2,8 @@
 
 Both sides train the same ECO-Lite (same segments, input size, batch, optimiser, gradient clipping, one torch
 thread per trainer) on small camera-like H.264 videos (throughput does not depend on the clips' content):
-- Ray Train: `pipeline.training.run.train` with 1 training worker (1 CPU) and 1 decode actor, i.e. the real job
+- Ray Train: `pipeline.training.run.train` with 1 training worker (1 CPU) and 1 decode task at a time, i.e. the
+  real job
   (Ray Data decode + transform, streaming split, DDP-ready loop, per-epoch checkpoint). Throughput is the loop's
   own `clips_per_s` of the last epoch: clips / (time waiting for data + step time), so it includes every cost of
   getting batches from Ray Data but not the run's start-up, evaluation or checkpointing (reported separately as
@@ -13,7 +14,7 @@ thread per trainer) on small camera-like H.264 videos (throughput does not depen
 Overhead = plain clips/s / Ray Train clips/s - 1 (target <= 10%).
 
 Why it can hold on a small machine: the model step dominates (ECO's 2D trunk + 3D net are tens of GFLOPs per
-clip even at this size) while decoding a small clip costs milliseconds, and the decode actor runs on another core.
+clip even at this size) while decoding a small clip costs milliseconds, and the decode task runs on another core.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def _plain_loop(cfg, num_classes: int, steps: int) -> dict[str, float]:
 
 
 def _steady_clips_per_s(wandb_run: str | None, *, steps_per_epoch: int, batch: int) -> float:
-    """Clips/s of the last epoch's steps except its first (which waits for the epoch's decode actors to start),
+    """Clips/s of the last epoch's steps except its first (which waits for the epoch's first decoded batch),
     from the per-step `train/clips_per_s_rank0` (wall time of each step, data wait included) in the W&B run."""
     from pipeline.training.tracking import read_offline_run
 
@@ -130,7 +131,7 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False,
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="eco-bench-train-"))
     segments, size, batch = 4, 64, 4
-    # Long enough epochs that each epoch's pipeline start-up (a new decode actor pool) is a small share.
+    # Long enough epochs that each epoch's pipeline start-up (the first decoded batch) is a small share.
     train_videos = train_videos or (24 if quick else 120)
     epochs = 2
     # Throughput does not depend on what the clips show: small camera-like videos, 4 classes, 8 for validation.
@@ -160,7 +161,7 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False,
     overhead = plain["clips_per_s"] / ray_side["clips_per_s"] - 1.0
     steady_overhead = plain["clips_per_s"] / steady - 1.0 if steady else float("nan")
     return {"setup": {"model": f"ECO-Lite {segments}F at {size}px", "batch": batch, "train_clips": num_train,
-                      "epochs": epochs, "trainer_threads": 1, "decode_actors": 1, "cpus": os.cpu_count()},
+                      "epochs": epochs, "trainer_threads": 1, "decode_tasks": 1, "cpus": os.cpu_count()},
             "ray": ray_side, "plain": plain, "overhead": overhead, "steady_overhead": steady_overhead,
             "epoch_overhead": plain["clips_per_s"] / ray_side["epoch_clips_per_s"] - 1.0,
             "target_overhead": TARGET_OVERHEAD}
@@ -177,7 +178,7 @@ def format_results(res: dict[str, Any]) -> str:
         f"  Ray Train + Ray Data (last epoch)     {r['clips_per_s']:7.3f} clips/s  "
         f"(data wait {r['data_wait_frac']:.1%} of step time)",
         f"  Ray Train + Ray Data (steady state)   {r['steady_clips_per_s']:7.3f} clips/s  "
-        f"(last epoch without its first step: the decode actors' start-up)",
+        f"(last epoch without its first step, which waits for the epoch's first batch)",
         f"  overhead: {res['overhead']:+.1%} per epoch, {res['steady_overhead']:+.1%} in steady state "
         f"(target <= {res['target_overhead']:.0%}: {'met' if ok else 'NOT MET'} per epoch); "
         f"whole epoch incl. evaluation and checkpoint: {res['epoch_overhead']:+.1%}",

@@ -32,6 +32,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -425,12 +426,26 @@ def _decode_sequential(source, idx: np.ndarray, num_threads: int, reader_size: d
 # IsolatedDecoder: decoding in a killable child process
 # --------------------------------------------------------------------------------------------------------------
 
+# The decode child's kernel process name (/proc/PID/comm; what `ps -o comm` and `top` show): operators (and
+# `eco bench pipeline`, which measures their memory) can find the decode processes of a node by it.
+CHILD_PROCESS_NAME = "eco-decode"
+
+
+def _name_process(name: str) -> None:
+    try:
+        with open("/proc/self/comm", "w") as f:  # Linux; elsewhere the name stays "python"
+            f.write(name[:15])
+    except OSError:
+        pass
+
+
 def _serve(conn) -> None:
     """Child process loop: receive (fn, args, kwargs), send ("ok", result) or ("error", DecodeError)."""
     # Import torch (used by the resize in transforms) before announcing readiness: on a loaded machine the import
     # takes seconds, and it must count against the start timeout, not against the first file's decode timeout.
     import pipeline.data.transforms  # noqa: F401
 
+    _name_process(CHILD_PROCESS_NAME)
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -458,7 +473,9 @@ class IsolatedDecoder:
     `decode_fn` / `probe_fn` replace decode_frames / probe in the child (module-level functions, pickled by
     reference: tests inject hanging or crashing ones, see tests/faults.py).
     The child is started with `start_method` ("spawn" or "forkserver"): forking a process that runs Ray or torch
-    threads is unsafe. One call at a time (calls are serialised by a lock).
+    threads is unsafe. One call at a time (calls are serialised by a lock). With `idle_timeout_s`, a child that
+    has had no call for that long is stopped (by a timer thread) and the next call starts a new one: a process
+    that keeps a decoder between bursts of work (see `shared_decoder`) does not hold an idle child forever.
     """
 
     def __init__(
@@ -470,10 +487,13 @@ class IsolatedDecoder:
         *,
         start_method: str = "spawn",
         start_timeout_s: float = 120.0,
+        idle_timeout_s: float | None = None,
     ) -> None:
         if timeout_s <= 0 or max_clips_per_process < 1:
             raise ValueError(f"need timeout_s > 0 and max_clips_per_process >= 1, got {timeout_s}, "
                              f"{max_clips_per_process}")
+        if idle_timeout_s is not None and idle_timeout_s <= 0:
+            raise ValueError(f"idle_timeout_s must be > 0 or None, got {idle_timeout_s}")
         if start_method not in ("spawn", "forkserver"):
             raise ValueError(f"start_method must be 'spawn' or 'forkserver' (fork is unsafe), got {start_method!r}")
         self.timeout_s = float(timeout_s)
@@ -481,6 +501,9 @@ class IsolatedDecoder:
         self.decode_fn = decode_fn or decode_frames
         self.probe_fn = probe_fn or probe
         self.start_timeout_s = float(start_timeout_s)
+        self.idle_timeout_s = None if idle_timeout_s is None else float(idle_timeout_s)
+        self._idle_timer: threading.Timer | None = None
+        self._last_call = time.monotonic()
         self._context = multiprocessing.get_context(start_method)
         self._lock = threading.Lock()
         self._process = None
@@ -505,6 +528,9 @@ class IsolatedDecoder:
     def close(self) -> None:
         """Stop the child (politely, then by force)."""
         with self._lock:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
             self._stop()
 
     def __enter__(self) -> "IsolatedDecoder":
@@ -544,9 +570,27 @@ class IsolatedDecoder:
             self._calls_in_process += 1
             if self._calls_in_process >= self.max_clips_per_process:
                 self._stop()
+            self._last_call = time.monotonic()
+            self._arm_idle_timer()
         if status == "error":
             raise payload
         return payload
+
+    def _arm_idle_timer(self) -> None:
+        if self.idle_timeout_s is None or self._process is None:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = threading.Timer(self.idle_timeout_s, self._stop_if_idle)
+        self._idle_timer.daemon = True
+        self._idle_timer.start()
+
+    def _stop_if_idle(self) -> None:
+        with self._lock:
+            # A call that finished after this timer was armed re-armed a later one; only the latest stops.
+            if self._process is not None and time.monotonic() - self._last_call >= self.idle_timeout_s * 0.99:
+                log.debug("decode process %d idle for %.0fs: stopping it", self._process.pid, self.idle_timeout_s)
+                self._stop()
 
     def _start(self) -> None:
         parent, child = self._context.Pipe(duplex=True)
@@ -588,6 +632,35 @@ class IsolatedDecoder:
                 pass
             process.join(timeout=5)
         self._kill()
+
+
+# How long a process-shared decoder keeps an idle child. Longer than the gap between two training epochs
+# (validation, checkpoint) on most runs, so a training job decodes every epoch with the children it already has.
+SHARED_IDLE_TIMEOUT_S = 600.0
+_SHARED: dict[tuple, IsolatedDecoder] = {}
+_SHARED_LOCK = threading.Lock()
+_SHARED_MAX = 2
+
+
+def shared_decoder(*, timeout_s: float, max_clips_per_process: int, decode_fn: Callable | None = None,
+                   idle_timeout_s: float = SHARED_IDLE_TIMEOUT_S) -> IsolatedDecoder:
+    """This process's IsolatedDecoder for these settings, created on first use and kept for the process's life.
+
+    Why: Ray Data runs the decode stage as tasks on Ray's reusable worker processes (pipeline.data.pipeline), so
+    a decoder kept here outlives the task, the epoch and the dataset execution: the child (which imports torch
+    and decord, seconds on a busy node) starts once per worker process, not once per epoch. An idle child is
+    stopped after `idle_timeout_s`; at most _SHARED_MAX settings are kept (the oldest is closed), so a process
+    never holds more than two children.
+    """
+    key = (float(timeout_s), int(max_clips_per_process), decode_fn)
+    with _SHARED_LOCK:
+        decoder = _SHARED.get(key)
+        if decoder is None:
+            while len(_SHARED) >= _SHARED_MAX:
+                _SHARED.pop(next(iter(_SHARED))).close()
+            decoder = _SHARED[key] = IsolatedDecoder(timeout_s=timeout_s, max_clips_per_process=max_clips_per_process,
+                                                     decode_fn=decode_fn, idle_timeout_s=idle_timeout_s)
+        return decoder
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,14 +1,19 @@
 """The Ray Data pipeline: manifest rows -> decoded, sampled, augmented uint8 clips for Ray Train.
 
-    read_parquet(manifest) -> filter(split) -> [train: random_shuffle, reseeded every epoch]
-        -> repartition(decode_batch_size rows per block)
-        -> map_batches(_ClipDecoder, compute=ActorPoolStrategy(size=data.decode_workers),
-                       num_cpus=data.decode_cpus, resources=data.decode_resources)
+    manifest split rows (read and validated on the driver)
+        -> _ClipSource: at the start of each execution (each epoch) reads the epoch from DataRunState, orders
+           the rows [train: sampling.epoch_order(train.seed, epoch); eval: manifest order], stamps the epoch on
+           them and cuts blocks of data.decode_batch_size rows
+        -> read tasks (TaskPoolStrategy(size=data.decode_workers), num_cpus=data.decode_cpus,
+           resources=data.decode_resources), each decoding a run of blocks into clips, one output block per batch
         -> [eval: rows in manifest order (preserve_order)]
 
-Each decode actor holds an `IsolatedDecoder` (pipeline.data.decode): decord runs in a child process that is
-killed on a timeout or dies alone on a native crash, so one bad file costs one clip, not the job. Failed rows are
-dropped from the stream and recorded (path, reason, detail, epoch) in the `DataRunState` actor.
+The decoding runs in Ray tasks whose worker processes keep their decoder between tasks and epochs: a shared
+`IsolatedDecoder` (pipeline.data.decode.shared_decoder) in which decord runs in a child process that is killed
+on a timeout or dies alone on a native crash, so one bad file costs one clip, not the job. (An actor pool would be
+restarted by Ray Data at every epoch, and every actor would start a new decode child: seconds per epoch in which
+the trainers wait.) Failed rows are dropped from the stream and recorded (path, reason, detail, epoch) in the
+`DataRunState` actor.
 
 Output rows: "clip" uint8 (T, crop, crop, 3) RGB, "label" int64, "video_id" str, "clip_index" int64 (0 for
 training; `clip * crops + crop` for evaluation). Conversion to float and normalisation happen on the trainer's
@@ -28,9 +33,12 @@ the caller moves the tensors. (Alternative without a collate_fn: `ds.select_colu
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import uuid
 import warnings
+from collections import OrderedDict
 from typing import Any, Callable
 
 import numpy as np
@@ -39,7 +47,9 @@ import pyarrow.parquet as pq
 import pyarrow.compute as pc
 
 import ray
+from ray.data.block import BlockMetadata
 from ray.data.collate_fn import NumpyBatchCollateFn
+from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.config import Config
 from pipeline.data import manifest as manifest_lib
@@ -59,15 +69,15 @@ _DECODE_COLUMNS = ("video_id", "path", "label", "num_frames", "width", "height")
 
 @ray.remote(num_cpus=0, max_concurrency=8)
 class DataRunState:
-    """Epoch counter and failure log shared by the trainer (rank 0 sets the epoch) and the decode actors.
+    """Epoch counter and failure log shared by the trainer (rank 0 sets the epoch) and the data pipeline.
 
-    Why decode actors read the epoch once, when they start: every execution of a dataset (every epoch) starts a
-    new executor, and its ActorPoolMapOperator.start() creates a new pool of actors. With
+    Why the epoch is read when an execution starts: every pass over a dataset (every epoch) is a new execution,
+    and its source (`_ClipSource.get_read_tasks`) runs once, when the executor starts. With
     `streaming_split`/`get_dataset_shard`, SplitCoordinator.start_epoch() is a barrier: the executor of the next
     epoch is created only after ALL n consumers asked for it (ray/data/_internal/iterator/
     stream_split_iterator.py, `_barrier` -> `_try_start_new_epoch`). Rank 0 calls `ray.get(set_epoch.remote(e))`
-    before it starts iterating epoch e, so every actor of epoch e starts after set_epoch(e) and sees e, while the
-    actors of epoch e-1 (possibly still decoding for a slower rank after rank 0 moved on) keep the e-1 they read.
+    before it starts iterating epoch e, so the execution of epoch e reads e, shuffles with it and stamps it on
+    every row; rows of epoch e-1 still being decoded for a slower rank keep the e-1 stamped on them.
     """
 
     def __init__(self):
@@ -108,13 +118,20 @@ def _failure(row: dict[str, Any], reason: str, detail: str, epoch: int) -> dict[
 
 
 class _ClipDecoder:
-    """Ray Data actor: decode + sample + transform; one IsolatedDecoder child process per actor."""
+    """Decode + sample + transform a batch of manifest rows into clips (rows that fail are dropped and recorded).
+
+    The decoding runs in this process's shared `IsolatedDecoder` (pipeline.data.decode.shared_decoder): decord
+    in a child process that is killed on a timeout or dies alone on a native crash, so one bad file costs one
+    clip, not the job; the child lives as long as the Ray worker process, across tasks and epochs. A row's
+    "epoch" column (stamped by _ClipSource) selects its TSN offsets; `epoch` is the fallback for rows without
+    one (direct use, as in tests).
+    """
 
     def __init__(self, *, train: bool, num_segments: int, short_side: int, crop_size: int, multiscale: bool,
                  flip: bool, shuffle_frames: bool, seed: int, num_threads: int, timeout_s: float,
-                 max_clips_per_process: int, run_state: ray.actor.ActorHandle, num_clips: int = 1, crops: int = 1,
-                 decode_fn: Callable | None = None):
-        from pipeline.data.decode import IsolatedDecoder
+                 max_clips_per_process: int, run_state: ray.actor.ActorHandle | None = None, num_clips: int = 1,
+                 crops: int = 1, epoch: int = 0, decode_fn: Callable | None = None):
+        from pipeline.data.decode import shared_decoder
 
         self.train, self.T = train, num_segments
         self.short_side, self.crop_size = short_side, crop_size
@@ -122,32 +139,30 @@ class _ClipDecoder:
         self.seed, self.num_threads = seed, num_threads
         self.num_clips, self.crops = num_clips, crops
         self.run_state = run_state
-        # Read once: see DataRunState for why this is the epoch of the execution this actor belongs to. Evaluation
-        # does not sample with it, but its failures are recorded under the epoch being evaluated.
-        self.epoch = ray.get(run_state.get_epoch.remote())
-        kwargs = {"decode_fn": decode_fn} if decode_fn is not None else {}
-        self.decoder = IsolatedDecoder(timeout_s=timeout_s, max_clips_per_process=max_clips_per_process, **kwargs)
+        self.epoch = int(epoch)
+        self.decoder = shared_decoder(timeout_s=timeout_s, max_clips_per_process=max_clips_per_process,
+                                      decode_fn=decode_fn)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pipeline.data.clips import clips_batch
 
-        rows = ({k: batch[k][i] for k in _DECODE_COLUMNS} for i in range(len(batch["path"])))
+        columns = [*_DECODE_COLUMNS, *(["epoch"] if "epoch" in batch else [])]
+        rows = ({k: batch[k][i] for k in columns} for i in range(len(batch["path"])))
         out, failures = clips_batch(rows, self._clips, self._failure, num_segments=self.T,
                                     crop_size=self.crop_size)
-        if failures:
-            # Blocking, so that a consumer that finished the epoch finds every failure recorded.
-            ray.get(self.run_state.record_failures.remote(failures))
-            log.warning("dropped %d clips: %s", len(failures),
-                        ", ".join(f"{f['path']} ({f['reason']})" for f in failures))
+        record_failures(self.run_state, failures)
         return out
+
+    def _epoch(self, row: dict[str, Any]) -> int:
+        return int(row["epoch"]) if "epoch" in row else self.epoch
 
     def _failure(self, row: dict[str, Any], e: Exception) -> dict[str, Any]:
         from pipeline.data.decode import DecodeError
 
         if isinstance(e, DecodeError):
-            return _failure(row, e.reason, str(getattr(e, "detail", "") or e), self.epoch)
+            return _failure(row, e.reason, str(getattr(e, "detail", "") or e), self._epoch(row))
         log.error("decoding %s failed unexpectedly", row["path"], exc_info=e)
-        return _failure(row, "decode_error", f"{type(e).__name__}: {e}", self.epoch)
+        return _failure(row, "decode_error", f"{type(e).__name__}: {e}", self._epoch(row))
 
     def _decode(self, row: dict[str, Any], indices: np.ndarray) -> np.ndarray:
         # num_frames (probed) clamps indices to frames that really decode; size saves a header read.
@@ -159,25 +174,134 @@ class _ClipDecoder:
         from pipeline.data.clips import clip_views
 
         return clip_views(lambda indices: self._decode(row, indices), str(row["video_id"]), int(row["num_frames"]),
-                          train=self.train, num_segments=self.T, seed=self.seed, epoch=self.epoch,
+                          train=self.train, num_segments=self.T, seed=self.seed, epoch=self._epoch(row),
                           short_side=self.short_side, crop_size=self.crop_size, multiscale=self.multiscale,
                           flip=self.flip, shuffle_frames=self.shuffle_frames, num_clips=self.num_clips,
                           crops=self.crops)
 
-    def __del__(self):
-        decoder = getattr(self, "decoder", None)
-        if decoder is not None:
-            decoder.close()
+
+def record_failures(run_state, failures: list[dict[str, Any]]) -> None:
+    """Log dropped clips and record them in the run state (blocking, so that a consumer that finished the epoch
+    finds every failure of it recorded)."""
+    if not failures:
+        return
+    log.warning("dropped %d clips: %s", len(failures),
+                ", ".join(f"{f['video_id']} in {f['path']} ({f['reason']})" for f in failures))
+    if run_state is not None:
+        ray.get(run_state.record_failures.remote(failures))
+
+
+# Per Ray worker process: the clip decoders of the datasets this process has decoded for, by dataset. Ray reuses
+# worker processes for tasks, so a decoder (and the shard reader's open files, and the decode child behind it)
+# is built once per process, not once per task or epoch.
+_PROCESS_DECODERS: "OrderedDict[str, Any]" = OrderedDict()
+_PROCESS_DECODERS_MAX = 4
+
+
+def _process_decoder(key: str, decoder_cls: type, kwargs: dict[str, Any]):
+    decoder = _PROCESS_DECODERS.get(key)
+    if decoder is None:
+        while len(_PROCESS_DECODERS) >= _PROCESS_DECODERS_MAX:
+            _PROCESS_DECODERS.popitem(last=False)
+        decoder = _PROCESS_DECODERS[key] = decoder_cls(**kwargs)
+    _PROCESS_DECODERS.move_to_end(key)
+    return decoder
+
+
+def _decode_blocks(blocks: list[pa.Table], key: str, decoder_cls: type, kwargs: dict[str, Any]):
+    """A read task of the clip source: decode its manifest blocks one by one, yielding each decoded batch."""
+    from ray.data.block import BlockAccessor
+
+    decoder = _process_decoder(key, decoder_cls, kwargs)
+    for block in blocks:
+        batch = {name: block.column(name).to_numpy(zero_copy_only=False) for name in block.column_names}
+        out = decoder(batch)
+        if len(out["label"]):
+            yield BlockAccessor.batch_to_block(out)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The source: one split's manifest rows -> decoded clips, in the epoch's order
+
+
+class _ClipSource(Datasource):
+    """Decoded clips of one split's manifest rows (read and validated on the driver: a manifest is small, even
+    Kinetics' 240k rows).
+
+    At the start of every execution (every epoch) `epoch_blocks` reads the epoch from the DataRunState, orders the
+    rows (training: the permutation sampling.epoch_order(seed, epoch), the same after a resume; evaluation:
+    manifest order), adds the "epoch" column and cuts blocks of `rows_per_block` rows: one decode batch each.
+    Each read task decodes `blocks_per_task` consecutive blocks with its process's decoder (see _process_decoder)
+    and yields one output block per decode batch, as soon as it is decoded.
+
+    Why decoding happens in the read tasks: the alternatives cost the trainers time at every epoch. A
+    map_batches actor pool is restarted by Ray Data for every execution, and each new actor starts its decode
+    child (torch + decord imports: seconds); a map_batches task stage fused behind a read gets the read's blocks
+    coalesced into one batch. Several blocks per task because Ray Data leaves a decode slot idle for a few
+    hundred ms between one task's end and the next task's start; this replaces a Parquet read + filter +
+    all-to-all random_shuffle + repartition per epoch as well.
+    """
+
+    def __init__(self, rows: pa.Table, *, rows_per_block: int, blocks_per_task: int, run_state,
+                 shuffle_seed: int | None, decoder_cls: type, decoder_kwargs: dict[str, Any], clip_bytes: int):
+        self._rows = rows
+        self._rows_per_block = int(rows_per_block)
+        self._blocks_per_task = int(blocks_per_task)
+        self._run_state = run_state
+        self._shuffle_seed = shuffle_seed
+        self._decoder_cls, self._decoder_kwargs = decoder_cls, decoder_kwargs
+        self._clips_per_row = int(decoder_kwargs.get("num_clips", 1)) * int(decoder_kwargs.get("crops", 1))
+        self._clip_bytes = int(clip_bytes)
+        # Identifies this dataset's decoder in the worker processes' caches.
+        self._key = uuid.uuid4().hex
+
+    def get_name(self) -> str:
+        return "EcoClips"
+
+    def estimate_inmemory_data_size(self) -> int:
+        return self._rows.num_rows * self._clips_per_row * self._clip_bytes
+
+    def num_tasks(self) -> int:
+        return -(-self._rows.num_rows // (self._rows_per_block * self._blocks_per_task))
+
+    def epoch_blocks(self) -> list[pa.Table]:
+        """The manifest blocks of the execution starting now: rows in the epoch's order, stamped with it."""
+        from pipeline.data.sampling import epoch_order
+
+        epoch = int(ray.get(self._run_state.get_epoch.remote()))
+        n = self._rows.num_rows
+        order = (epoch_order(n, self._shuffle_seed, epoch) if self._shuffle_seed is not None
+                 else np.arange(n, dtype=np.int64))
+        blocks = []
+        for start in range(0, n, self._rows_per_block):
+            # take() copies: a read task pickles its own rows, not the whole table behind a slice.
+            block = self._rows.take(order[start:start + self._rows_per_block])
+            blocks.append(block.append_column("epoch", pa.array(np.full(block.num_rows, epoch, np.int64))))
+        return blocks
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context=None) -> list[ReadTask]:
+        blocks = self.epoch_blocks()
+        tasks = []
+        for i in range(0, len(blocks), self._blocks_per_task):
+            group = blocks[i:i + self._blocks_per_task]
+            rows = sum(b.num_rows for b in group)
+            # num_rows unknown: a failed video yields no clip, an evaluation row yields clips x crops.
+            meta = BlockMetadata(num_rows=None, size_bytes=rows * self._clips_per_row * self._clip_bytes,
+                                 input_files=None, exec_stats=None)
+            tasks.append(ReadTask(functools.partial(_decode_blocks, group, self._key, self._decoder_cls,
+                                                    self._decoder_kwargs), meta,
+                                  per_task_row_limit=per_task_row_limit))
+        return tasks
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Datasets
 
 
-def _read(manifest: str | os.PathLike | pa.Table, split: str, data_format: str = "video") -> ray.data.Dataset:
-    """The manifest rows of `split` (validated on the driver: missing columns or an empty split fail here)."""
-    from ray.data.expressions import col, lit
-
+def _split_rows(manifest: str | os.PathLike | pa.Table, split: str, data_format: str = "video") -> pa.Table:
+    """The manifest rows of `split`, decode columns only (validated here: missing columns, wrong types, an empty
+    split or a video manifest given as shards fail on the driver with the file named)."""
     # A shard manifest is a video manifest whose `path` names a shard file, plus the video's record batch.
     columns = [*_DECODE_COLUMNS, "batch_index"] if data_format == "shards" else list(_DECODE_COLUMNS)
     if isinstance(manifest, pa.Table):
@@ -186,13 +310,15 @@ def _read(manifest: str | os.PathLike | pa.Table, split: str, data_format: str =
         rows = manifest.filter(pc.equal(manifest.column("split"), split))
         if rows.num_rows == 0:
             raise manifest_lib.ManifestError(f"manifest table: no rows with split {split!r}")
-        return ray.data.from_arrow(rows.select(columns))
+        return rows.select(columns)
     path = manifest_lib.manifest_file(manifest)
-    manifest_lib.read_manifest(path, split=split)  # validation with clear messages; the rows are small
+    rows = manifest_lib.read_manifest(path, split=split)  # validation with clear messages
+    if data_format != "shards":
+        return rows.select(columns)
     fs, p = manifest_lib.resolve(path)
     _check_format(pq.read_schema(p, filesystem=fs), data_format, path)
-    return ray.data.read_parquet(p, filesystem=fs, columns=[*columns, "split"]).filter(
-        expr=col("split") == lit(split)).select_columns(columns)
+    table = pq.read_table(p, filesystem=fs, columns=[*columns, "split"])
+    return table.filter(pc.equal(table.column("split"), split)).select(columns)
 
 
 def _check_format(schema: pa.Schema, data_format: str, where: str) -> None:
@@ -210,33 +336,46 @@ def _decoder_kwargs(cfg: Config, run_state, *, train: bool, decode_fn) -> dict[s
                 max_clips_per_process=d.decode_max_clips_per_process, run_state=run_state, decode_fn=decode_fn)
 
 
-def _decode_stage(ds: ray.data.Dataset, cfg: Config, kwargs: dict[str, Any]) -> ray.data.Dataset:
+def _blocks_per_task(blocks: int, decode_workers: int) -> int:
+    """Decode batches per read task: as many as possible (the idle gap between tasks on a decode slot is then a
+    small share of the time) while every decode slot still gets >= 4 tasks per epoch (the epoch's tail, when some
+    slots have run out of tasks, stays short), at most _MAX_BLOCKS_PER_TASK."""
+    return max(1, min(_MAX_BLOCKS_PER_TASK, -(-blocks // (4 * decode_workers))))
+
+
+_MAX_BLOCKS_PER_TASK = 16
+
+
+def _dataset(cfg: Config, rows: pa.Table, kwargs: dict[str, Any], *, run_state, shuffle: bool) -> ray.data.Dataset:
     d = cfg.data
-    # A manifest file is one or a few blocks, and one block goes to one actor: cut the rows into blocks of one
-    # decode batch so that every actor gets work and streaming_split can balance the consumers.
-    ds = ds.repartition(target_num_rows_per_block=d.decode_batch_size)
     if d.format == "shards":
         from pipeline.data.shards import ShardClipDecoder
 
         decoder_cls = ShardClipDecoder  # same constructor keywords and output rows as _ClipDecoder
     else:
         decoder_cls = _ClipDecoder
-    return ds.map_batches(
-        decoder_cls,
-        fn_constructor_kwargs=kwargs,
-        batch_size=d.decode_batch_size,
-        compute=ray.data.ActorPoolStrategy(size=d.decode_workers),
-        num_cpus=d.decode_cpus,
-        resources=dict(d.decode_resources) or None,
-        runtime_env=manifest_lib.storage_runtime_env(),
-    )
+    clip_bytes = cfg.model.num_segments * d.crop_size * d.crop_size * 3
+    source = _ClipSource(rows, rows_per_block=d.decode_batch_size,
+                         blocks_per_task=_blocks_per_task(-(-rows.num_rows // d.decode_batch_size), d.decode_workers),
+                         run_state=run_state, shuffle_seed=cfg.train.seed if shuffle else None,
+                         decoder_cls=decoder_cls, decoder_kwargs=kwargs, clip_bytes=clip_bytes)
+    ds = ray.data.read_datasource(source, override_num_blocks=source.num_tasks(), num_cpus=d.decode_cpus,
+                                  resources=dict(d.decode_resources) or None,
+                                  runtime_env=manifest_lib.storage_runtime_env(),
+                                  compute=ray.data.TaskPoolStrategy(size=d.decode_workers))
+    # One output block per decode batch, sent when it is decoded: Ray Data otherwise coalesces a task's outputs
+    # up to target_max_block_size (128 MiB by default, tens of training clips), which delays the first batch of
+    # an epoch and feeds the trainers in bursts. Larger blocks (evaluation: clips x crops per video) are split.
+    ds.context.target_max_block_size = max(1, int(0.9 * d.decode_batch_size * clip_bytes))
+    return ds
 
 
 def build_train_dataset(cfg: Config, manifest: str | os.PathLike | pa.Table, *, run_state=None,
                         decode_fn: Callable | None = None) -> ray.data.Dataset:
-    """Training clips of `cfg.data.train_split`: rows reshuffled every epoch (seeded by train.seed), TSN offsets
-    from clip_rng(train.seed, epoch, video_id) with the epoch of `run_state` (default: the DataRunState named
-    RUN_STATE_NAME, created if missing), multi-scale crop / flip per cfg.data.
+    """Training clips of `cfg.data.train_split`: rows in a new order every epoch (sampling.epoch_order with
+    train.seed and the epoch), TSN offsets from clip_rng(train.seed, epoch, video_id), multi-scale crop / flip per
+    cfg.data. The epoch is the one in `run_state` (default: the DataRunState named RUN_STATE_NAME, created if
+    missing) when the epoch's execution starts.
 
     The trainer's rank 0 calls `ray.get(run_state.set_epoch.remote(e))` before it iterates epoch e (see
     DataRunState for why that is enough with streaming_split / get_dataset_shard). Without it every epoch samples
@@ -247,10 +386,9 @@ def build_train_dataset(cfg: Config, manifest: str | os.PathLike | pa.Table, *, 
     """
     manifest_lib.ensure_ray()
     run_state = run_state if run_state is not None else create_run_state(RUN_STATE_NAME)
-    ds = _read(manifest, cfg.data.train_split, cfg.data.format)
-    # A new order every epoch (reseed_after_execution), reproducible from the seed.
-    ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(seed=cfg.train.seed, reseed_after_execution=True))
-    return _decode_stage(ds, cfg, _decoder_kwargs(cfg, run_state, train=True, decode_fn=decode_fn))
+    rows = _split_rows(manifest, cfg.data.train_split, cfg.data.format)
+    return _dataset(cfg, rows, _decoder_kwargs(cfg, run_state, train=True, decode_fn=decode_fn),
+                    run_state=run_state, shuffle=True)
 
 
 def build_eval_dataset(cfg: Config, manifest: str | os.PathLike | pa.Table, split: str, *, num_clips: int = 1,
@@ -264,11 +402,11 @@ def build_eval_dataset(cfg: Config, manifest: str | os.PathLike | pa.Table, spli
         raise ValueError(f"crops must be 1 or 3, got {crops}")
     manifest_lib.ensure_ray()
     run_state = run_state if run_state is not None else create_run_state(RUN_STATE_NAME)
-    ds = _read(manifest, split, cfg.data.format)
+    rows = _split_rows(manifest, split, cfg.data.format)
     kwargs = _decoder_kwargs(cfg, run_state, train=False, decode_fn=decode_fn)
     kwargs.update(num_clips=num_clips, crops=crops)
-    ds = _decode_stage(ds, cfg, kwargs)
-    # Rows leave in input (manifest) order even though actors finish out of order.
+    ds = _dataset(cfg, rows, kwargs, run_state=run_state, shuffle=False)
+    # Rows leave in input (manifest) order even though tasks finish out of order.
     ds.context.execution_options.preserve_order = True
     return ds
 

@@ -63,3 +63,12 @@ def clip_rng(seed: int, epoch: int, video_id: str) -> np.random.Generator:
     """
     digest = hashlib.blake2b(f"{int(seed)}\x1f{int(epoch)}\x1f{video_id}".encode(), digest_size=16).digest()
     return np.random.default_rng(int.from_bytes(digest, "little"))
+
+
+def epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
+    """The order in which epoch `epoch` visits `num_rows` manifest rows: a permutation (int64) that depends only
+    on (seed, epoch), so a resumed run (or a restarted worker group) sees the same order as an uninterrupted one."""
+    if num_rows < 0:
+        raise ValueError(f"num_rows must be >= 0, got {num_rows}")
+    digest = hashlib.blake2b(f"order\x1f{int(seed)}\x1f{int(epoch)}".encode(), digest_size=16).digest()
+    return np.random.default_rng(int.from_bytes(digest, "little")).permutation(num_rows).astype(np.int64)

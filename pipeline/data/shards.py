@@ -297,12 +297,12 @@ def is_shard_manifest(table: pa.Table) -> bool:
 
 
 class ShardClipDecoder:
-    """Ray Data `map_batches` actor that turns shard-manifest rows into clips: the frame-shard twin of the video
-    pipeline's decoder (pipeline/data/pipeline.py `_ClipDecoder`).
+    """Turns a batch of shard-manifest rows into clips: the frame-shard twin of the video pipeline's decoder
+    (pipeline/data/pipeline.py `_ClipDecoder`), kept per Ray worker process by the decode stage's tasks.
 
-    It takes the same constructor keywords (so `pipeline._decode_stage` can pick either class from
+    It takes the same constructor keywords (so `pipeline._dataset` can pick either class from
     `data.format`) and yields the same rows with the same sampling and transforms:
-      train: rng = sampling.clip_rng(seed, epoch, video_id); indices = sampling.train_indices(num_frames, T, rng);
+      train: rng = sampling.clip_rng(seed, epoch, video_id) (epoch: the row's "epoch" column, else `epoch`); indices = sampling.train_indices(num_frames, T, rng);
              [shuffle_frames: frames[rng.permutation(T)]]; transforms.train_transform(frames, crop_size=, rng=,
              multiscale=, flip=); clip_index 0;
       eval:  for clip c: sampling.eval_indices(num_frames, T, clip=c, num_clips=); transforms.eval_transform(...,
@@ -316,7 +316,7 @@ class ShardClipDecoder:
 
     def __init__(self, *, train: bool, num_segments: int, short_side: int, crop_size: int, multiscale: bool,
                  flip: bool, shuffle_frames: bool, seed: int, run_state=None, num_clips: int = 1, crops: int = 1,
-                 epoch: int | None = None, jpeg_backend: str = "torchvision", shard_root: str | None = None,
+                 epoch: int = 0, jpeg_backend: str = "torchvision", shard_root: str | None = None,
                  num_threads: int = 1, timeout_s: float | None = None, max_clips_per_process: int | None = None,
                  decode_fn: Callable | None = None):
         self.train, self.T = train, num_segments
@@ -324,34 +324,23 @@ class ShardClipDecoder:
         self.multiscale, self.flip, self.shuffle_frames = multiscale, flip, shuffle_frames
         self.seed, self.num_clips, self.crops = seed, num_clips, crops
         self.run_state = run_state
-        if epoch is None:
-            # Read once, like _ClipDecoder: each epoch's execution starts a new actor pool (see DataRunState).
-            if train and run_state is not None:
-                import ray
-
-                epoch = ray.get(run_state.get_epoch.remote())
-            else:
-                epoch = 0
-        self.epoch = int(epoch)
+        self.epoch = int(epoch)  # for rows without an "epoch" column (see _ClipDecoder)
         self.reader = ShardReader(shard_root, backend=jpeg_backend)
-        self.failures: list[dict[str, Any]] = []
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pipeline.data.clips import clips_batch
 
-        rows = ({k: batch[k][i] for k in ("path", "video_id", "label", "num_frames", "batch_index")}
-                for i in range(len(batch["path"])))
+        from pipeline.data.pipeline import record_failures
+
+        columns = ["path", "video_id", "label", "num_frames", "batch_index", *(["epoch"] if "epoch" in batch else [])]
+        rows = ({k: batch[k][i] for k in columns} for i in range(len(batch["path"])))
         out, failures = clips_batch(rows, self._clips, self._failure, num_segments=self.T,
                                     crop_size=self.crop_size)
-        if failures:
-            self.failures.extend(failures)
-            if self.run_state is not None:
-                import ray
-
-                ray.get(self.run_state.record_failures.remote(failures))
-            log.warning("dropped %d clips: %s", len(failures),
-                        ", ".join(f"{f['video_id']} in {f['path']} ({f['reason']})" for f in failures))
+        record_failures(self.run_state, failures)
         return out
+
+    def _epoch(self, row: dict[str, Any]) -> int:
+        return int(row["epoch"]) if "epoch" in row else self.epoch
 
     def _failure(self, row: dict[str, Any], e: Exception) -> dict[str, Any]:
         if isinstance(e, ShardError):
@@ -360,7 +349,7 @@ class ShardClipDecoder:
             log.error("reading %s from %s failed unexpectedly", row["video_id"], row["path"], exc_info=e)
             reason, detail = "decode_error", f"{type(e).__name__}: {e}"
         return {"path": str(row["path"]), "video_id": str(row["video_id"]), "reason": reason, "detail": detail,
-                "epoch": self.epoch}
+                "epoch": self._epoch(row)}
 
     def _decode(self, row: dict[str, Any], indices: np.ndarray) -> np.ndarray:
         return self.reader.decode(str(row["path"]), int(row["batch_index"]), indices,
@@ -370,7 +359,7 @@ class ShardClipDecoder:
         from pipeline.data.clips import clip_views
 
         return clip_views(lambda indices: self._decode(row, indices), str(row["video_id"]), int(row["num_frames"]),
-                          train=self.train, num_segments=self.T, seed=self.seed, epoch=self.epoch,
+                          train=self.train, num_segments=self.T, seed=self.seed, epoch=self._epoch(row),
                           short_side=self.short_side, crop_size=self.crop_size, multiscale=self.multiscale,
                           flip=self.flip, shuffle_frames=self.shuffle_frames, num_clips=self.num_clips,
                           crops=self.crops)
