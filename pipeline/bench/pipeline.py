@@ -49,15 +49,16 @@ _decoders: dict[int, float] = {}
 _decoders_lock = threading.Lock()
 
 
-def _decode_workers() -> list[int]:
-    """This driver's Ray worker processes that have run a decode task (alive ones), found by their title."""
+def _decode_workers() -> tuple[list[int], list[int]]:
+    """(alive worker processes of this driver that have run a decode task, those decoding right now)."""
     # Only this driver's Ray instance (its raylet is our child): other Ray sessions on the machine may decode too.
     mine = set(descendants(os.getpid()))
     with _decoders_lock:
-        for pid in find_processes(DECODER_TITLE):
-            if pid in mine and pid not in _decoders:
+        now = [pid for pid in find_processes(DECODER_TITLE) if pid in mine]
+        for pid in now:
+            if pid not in _decoders:
                 _decoders[pid] = sum(cpu_seconds(p) for p in [pid, *descendants(pid)])
-        return [p for p in _decoders if p in mine]
+        return [p for p in _decoders if p in mine], now
 
 
 def _config(decode_workers: int, *, max_clips_per_process: int = 2000, short_side: int = 256, crop: int = 224):
@@ -87,17 +88,21 @@ def _manifest_table(manifest_dir: Path, copies: int, *, rename: bool = True):
 
 
 class _RssSampler(threading.Thread):
-    """Samples (clips consumed so far, decode workers' RSS, their children's RSS) every `period_s`."""
+    """Samples (clips consumed so far, decode workers' RSS, their children's RSS) every `period_s`; the decode
+    workers are the processes seen decoding since the sampler started (not idle ones left by earlier runs)."""
 
     def __init__(self, progress: list[int], period_s: float = 0.5):
         super().__init__(daemon=True)
         self.progress, self.period_s = progress, period_s
         self.samples: list[tuple[int, int, int, int]] = []  # (clips, worker_rss, child_rss, workers)
         self._stop_event = threading.Event()
+        self.seen: set[int] = set()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            workers = _decode_workers()
+            alive, now = _decode_workers()
+            self.seen.update(now)
+            workers = [w for w in alive if w in self.seen]
             children = [c for w in workers for c in descendants(w)]
             self.samples.append((self.progress[0], sum(rss_bytes(w) for w in workers),
                                  sum(rss_bytes(c) for c in children), len(workers)))
@@ -111,7 +116,7 @@ class _RssSampler(threading.Thread):
 def _decode_cpu_seconds() -> float:
     """CPU seconds used by this driver's decode workers and their decode child processes since each was first
     seen decoding."""
-    return sum(sum(cpu_seconds(p) for p in [a, *descendants(a)]) - _decoders[a] for a in _decode_workers())
+    return sum(sum(cpu_seconds(p) for p in [a, *descendants(a)]) - _decoders[a] for a in _decode_workers()[0])
 
 
 def _consume(ds, progress: list[int]) -> tuple[int, float, float, float]:
@@ -242,6 +247,8 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False, memory_c
     late_total = statistics.median([t for c, t in total if c >= 0.9 * n] or [0]) / 2**20
     memory = {
         "clips": n, "seconds": mem_seconds, "clips_per_s": n / mem_seconds, "samples": len(samples),
+        # Worker processes that ran decode tasks in this epoch (each holds a decode child).
+        "decode_processes": len(sampler.seen), "max_concurrent_decode_processes": max((s[3] for s in samples), default=0),
         "worker_rss_mb_early": window(0.1, 0.2, 1), "worker_rss_mb_late": window(0.9, 1.0, 1),
         "child_rss_mb_early": window(0.1, 0.2, 2), "child_rss_mb_late": window(0.9, 1.0, 2),
         "total_rss_mb_early": early_total, "total_rss_mb_late": late_total,
@@ -272,7 +279,8 @@ def format_results(res: dict[str, Any]) -> str:
                      f"clips/decode-CPU-s ({sh['clips_per_s'] / s[1]['clips_per_s']:.1f}x the MP4 stage's clips/s)")
     if m is None:
         return "\n".join(lines)
-    lines.append(f"  decode worker memory over {m['clips']:,} clips ({m['clips_per_s']:.1f} clips/s, 2 decode tasks): "
+    lines.append(f"  decode worker memory over {m['clips']:,} clips ({m['clips_per_s']:.1f} clips/s, 2 decode tasks at a "
+                 f"time on {m.get('decode_processes', '?')} worker processes): "
                  f"workers + decode children {m['total_rss_mb_early']:.0f} MiB at 10-20% -> "
                  f"{m['total_rss_mb_late']:.0f} MiB at 90-100% (growth {m['growth_mb']:+.0f} MiB, "
                  f"max after start-up {m['max_total_rss_mb_after_start']:.0f} MiB)")

@@ -27,9 +27,11 @@ object (decord copies it into memory; fine for clips, which are a few MB).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import multiprocessing
+import multiprocessing.spawn
 import os
 import threading
 import time
@@ -388,10 +390,21 @@ def decode_frames(
         raise DecodeError(path, "too_small" if min(out_w, out_h) < MIN_SIDE else "decode_error",
                           f"decord returned frames of shape {frames.shape[1:]}, expected {(out_h, dec_w, 3)}")
     if dec_w != out_w:
-        from pipeline.data.transforms import resize
-
-        frames = resize(frames, out_h, out_w)
+        frames = _resize_width(frames, out_w)
     return frames
+
+
+def _resize_width(frames: np.ndarray, width: int) -> np.ndarray:
+    """Linear resampling along the width only (half-pixel centres, like torch's bilinear with align_corners=False)
+    to undo a decode one pixel wider. numpy, so that the decode process never imports torch: a child with torch
+    costs ~1 s more to start and ~300 MB more memory."""
+    src = frames.shape[2]
+    x = np.clip((np.arange(width) + 0.5) * (src / width) - 0.5, 0, src - 1)
+    x0 = np.floor(x).astype(np.int64)
+    x1 = np.minimum(x0 + 1, src - 1)
+    w = (x - x0).astype(np.float32)[None, None, :, None]
+    out = frames[:, :, x0].astype(np.float32) * (1 - w) + frames[:, :, x1].astype(np.float32) * w
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def _repeats_distinct_indices(idx: np.ndarray, frames: np.ndarray) -> bool:
@@ -441,10 +454,6 @@ def _name_process(name: str) -> None:
 
 def _serve(conn) -> None:
     """Child process loop: receive (fn, args, kwargs), send ("ok", result) or ("error", DecodeError)."""
-    # Import torch (used by the resize in transforms) before announcing readiness: on a loaded machine the import
-    # takes seconds, and it must count against the start timeout, not against the first file's decode timeout.
-    import pipeline.data.transforms  # noqa: F401
-
     _name_process(CHILD_PROCESS_NAME)
     conn.send(("ready", os.getpid()))
     while True:
@@ -462,6 +471,34 @@ def _serve(conn) -> None:
         except Exception as e:  # anything else is reported as a decode failure of this file, not a child crash
             reply = ("error", DecodeError(str(args[0]) if args else "?", "decode_error", _short(e)))
         conn.send(reply)
+
+
+_START_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_parent_main():
+    """Start spawn/forkserver children without re-running the parent's __main__ module in them.
+
+    multiprocessing makes a spawned child import the parent's main script (as __mp_main__) so that functions
+    defined there can be unpickled. In a Ray worker that script is Ray's default_worker.py: the child would import
+    all of Ray, costing a second of start-up and ~500 MB of resident memory per decode process. Everything the
+    child runs here is importable (pipeline.data.decode._serve and module-level decode functions), so the main
+    module is not needed.
+    """
+    original = multiprocessing.spawn.get_preparation_data
+
+    def preparation_data(name):
+        data = original(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    multiprocessing.spawn.get_preparation_data = preparation_data
+    try:
+        yield
+    finally:
+        multiprocessing.spawn.get_preparation_data = original
 
 
 class IsolatedDecoder:
@@ -595,7 +632,8 @@ class IsolatedDecoder:
     def _start(self) -> None:
         parent, child = self._context.Pipe(duplex=True)
         process = self._context.Process(target=_serve, args=(child,), name="eco-decode", daemon=True)
-        process.start()
+        with _START_LOCK, _without_parent_main():
+            process.start()
         child.close()
         if not parent.poll(self.start_timeout_s):
             process.kill()
@@ -647,8 +685,8 @@ def shared_decoder(*, timeout_s: float, max_clips_per_process: int, decode_fn: C
     """This process's IsolatedDecoder for these settings, created on first use and kept for the process's life.
 
     Why: Ray Data runs the decode stage as tasks on Ray's reusable worker processes (pipeline.data.pipeline), so
-    a decoder kept here outlives the task, the epoch and the dataset execution: the child (which imports torch
-    and decord, seconds on a busy node) starts once per worker process, not once per epoch. An idle child is
+    a decoder kept here outlives the task, the epoch and the dataset execution: the child starts once per worker
+    process, not once per epoch. An idle child is
     stopped after `idle_timeout_s`; at most _SHARED_MAX settings are kept (the oldest is closed), so a process
     never holds more than two children.
     """

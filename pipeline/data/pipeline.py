@@ -235,8 +235,8 @@ class _ClipSource(Datasource):
     and yields one output block per decode batch, as soon as it is decoded.
 
     Why decoding happens in the read tasks: the alternatives cost the trainers time at every epoch. A
-    map_batches actor pool is restarted by Ray Data for every execution, and each new actor starts its decode
-    child (torch + decord imports: seconds); a map_batches task stage fused behind a read gets the read's blocks
+    map_batches actor pool is restarted by Ray Data for every execution: new processes importing torch and the
+    project, and new decode children (seconds); a map_batches task stage fused behind a read gets the read's blocks
     coalesced into one batch. Several blocks per task because Ray Data leaves a decode slot idle for a few
     hundred ms between one task's end and the next task's start; this replaces a Parquet read + filter +
     all-to-all random_shuffle + repartition per epoch as well.
