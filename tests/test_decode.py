@@ -15,6 +15,7 @@ from pipeline.data.decode import (
     IsolatedDecoder,
     VideoInfo,
     decode_frames,
+    decode_stream_chunk,
     probe,
     shared_decoder,
 )
@@ -257,6 +258,34 @@ def test_isolated_decoder_crash_is_reported_and_recovers(vdir, fault):
         assert e.value.reason == "crashed" and e.value.path == str(path)
         assert ("-11" if fault == "CRASH" else "3") in e.value.detail  # the exit code: SIGSEGV / os._exit(3)
         assert decoder.decode(good, [0, 7]).shape == (2, 48, 64, 3)
+
+
+@pytest.mark.parametrize("kind", ["long_gop", "mid_gop_cut", "narrow"])
+def test_stream_chunks_match_random_access(vdir, kind):
+    """Online inference reads a video chunk by chunk through one open reader: the same frames as decode_frames."""
+    if kind == "mid_gop_cut":
+        path = write_mid_gop_cut(vdir / "stream_cut.mp4", num_frames=48, gop=16, start_packet=5)
+        short_side = None
+    else:
+        width = 16 if kind == "narrow" else 64
+        path = write_test_video(vdir / f"stream_{kind}.mp4", num_frames=40, width=width, height=48, gop=40)
+        short_side = None if kind == "narrow" else 32
+    n = probe(path, min_side=8).num_frames
+    want = decode_frames(path, np.arange(n), short_side=short_side, num_frames=n)
+    chunks = [decode_stream_chunk(path, start, 7, short_side=short_side, num_frames=n) for start in range(0, n + 7, 7)]
+    assert [len(c) for c in chunks[:-1]] == [min(7, n - s) for s in range(0, n, 7)] and len(chunks[-1]) == 0
+    np.testing.assert_array_equal(np.concatenate(chunks), want)
+    # Without the probed count the stream runs on to decord's end, which pads with copies of the last frame.
+    tail = decode_stream_chunk(path, n - 1, 64, short_side=short_side)
+    assert len(tail) >= 1 and all(np.array_equal(f, want[-1]) for f in tail)
+    # A request that does not continue the stream reopens it; the same through the killable child.
+    np.testing.assert_array_equal(decode_stream_chunk(path, 3, 4, short_side=short_side), want[3:7])
+    with IsolatedDecoder(timeout_s=60) as decoder:
+        np.testing.assert_array_equal(decoder.stream_chunk(path, 5, 6, short_side=short_side), want[5:11])
+        np.testing.assert_array_equal(decoder.stream_chunk(path, 11, 6, short_side=short_side), want[11:17])
+    with pytest.raises(DecodeError) as e:
+        decode_stream_chunk(vdir / "absent.mp4", 0, 4)
+    assert e.value.reason == "missing"
 
 
 def _comm(pid: int) -> str:

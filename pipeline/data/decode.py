@@ -407,6 +407,65 @@ def _resize_width(frames: np.ndarray, width: int) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+# The stream the decode process is reading (decode_stream_chunk): its key, frame iterator and next position.
+_STREAM: dict[str, Any] = {}
+
+
+def decode_stream_chunk(path: str, start: int, count: int, *, short_side: int | None = None, num_threads: int = 1,
+                        size: tuple[int, int] | None = None, num_frames: int | None = None) -> np.ndarray:
+    """Frames [start, start + count) of `path` in presentation order -> uint8 (n, H, W, 3), n < count at the end.
+
+    For reading a video chunk after chunk (online inference): the reader stays open between calls in this
+    process, so every frame is decoded once, in order. `decode_frames` on each chunk would seek back to the
+    chunk's keyframe every time, up to a whole GOP of extra decoding per chunk on long-GOP files. A call that does
+    not continue where the previous one stopped reopens the stream and reads up to `start`. Same frames (numbering,
+    scaling, mid-GOP cuts, narrow widths) as decode_frames; `num_frames` (the probed count) ends the stream where
+    decode_frames would clamp: decord pads an over-reported end with copies of the last frame. Raises DecodeError
+    with a reason code.
+    """
+    path = str(path)
+    if start < 0 or count < 1:
+        raise ValueError(f"{path}: need start >= 0 and count >= 1, got start={start} count={count}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1 (0 breaks VP9 WebM, dmlc/decord#246), got {num_threads}")
+    key = (path, short_side, num_threads, size)
+    if _STREAM.get("key") != key or _STREAM.get("next") != start:
+        _STREAM.clear()
+        source, head = _read_source(path)
+        if size is None:
+            info = _stream_info(path, source, head)
+            size = (info["width"], info["height"])
+        width, height = int(size[0]), int(size[1])
+        out_h, out_w = scaled_size(height, width, short_side)
+        dec_w = out_w + 1 if out_w in DECORD_BAD_WIDTHS else out_w
+        reader_size = dict(width=dec_w, height=out_h) if (dec_w, out_h) != (width, height) else {}
+        mid_gop = _is_mid_gop(_open(path, source, head, num_threads=num_threads, **reader_size))
+        frames = _iter_sequential(lambda: _open(path, source, head, num_threads=num_threads, **reader_size), mid_gop)
+        _STREAM.update(key=key, frames=frames, next=0, shape=(out_h, out_w))
+        for _ in range(start):
+            if next(frames, None) is None:
+                break
+            _STREAM["next"] += 1
+    if num_frames is not None:
+        count = min(count, max(int(num_frames) - start, 0))
+    out = []
+    try:
+        for _ in range(count):
+            frame = next(_STREAM["frames"], None)
+            if frame is None:
+                break
+            out.append(frame)
+    except Exception as e:  # noqa: BLE001 - decord fails mid-stream on corrupt packets
+        _STREAM.clear()
+        raise DecodeError(path, "decode_error", f"decoding frames from {start} failed: {_short(e)}") from e
+    _STREAM["next"] = start + len(out)
+    out_h, out_w = _STREAM["shape"]
+    if not out:
+        return np.zeros((0, out_h, out_w, 3), np.uint8)
+    frames = np.stack(out)
+    return _resize_width(frames, out_w) if frames.shape[2] != out_w else frames
+
+
 def _repeats_distinct_indices(idx: np.ndarray, frames: np.ndarray) -> bool:
     """True if two different indices came back as byte-identical frames (decord's silent duplicates)."""
     order = np.argsort(idx, kind="stable")
@@ -556,6 +615,10 @@ class IsolatedDecoder:
     def probe(self, path: str, **kwargs) -> VideoInfo:
         """probe(path, **kwargs) in the child."""
         return self._call(path, self.probe_fn, (str(path),), kwargs)
+
+    def stream_chunk(self, path: str, start: int, count: int, **kwargs) -> np.ndarray:
+        """decode_stream_chunk(path, start, count, **kwargs) in the child (which keeps the stream open)."""
+        return self._call(path, decode_stream_chunk, (str(path), int(start), int(count)), kwargs)
 
     @property
     def pid(self) -> int | None:

@@ -161,7 +161,8 @@ def stream_frames(path: str, *, short_side: int, chunk: int = 64,
     """(fps, frame count, iterator over uint8 frames (H, W, 3) in order), decoded sequentially in chunks.
 
     Decoding runs in the killable child of `IsolatedDecoder`, `chunk` consecutive frames per request, so a hang
-    is bounded and consecutive requests read on through the file.
+    is bounded; the child keeps the stream open between requests (decode.decode_stream_chunk), so every frame is
+    decoded once. The frame count is the container's (the stream may end a little earlier or later).
     """
     from pipeline.data.decode import IsolatedDecoder
 
@@ -176,10 +177,14 @@ def stream_frames(path: str, *, short_side: int, chunk: int = 64,
 
     def frames() -> Iterator[np.ndarray]:
         try:
-            for start in range(0, info.num_frames, chunk):
-                indices = np.arange(start, min(start + chunk, info.num_frames), dtype=np.int64)
-                yield from decoder.decode(path, indices, short_side=short_side, num_frames=info.num_frames,
-                                          size=(info.width, info.height))
+            start = 0
+            while True:
+                got = decoder.stream_chunk(path, start, chunk, short_side=short_side, size=(info.width, info.height),
+                                           num_frames=info.num_frames)
+                yield from got
+                start += len(got)
+                if len(got) < chunk:
+                    return
         finally:
             decoder.close()
 
