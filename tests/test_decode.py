@@ -21,6 +21,7 @@ from pipeline.data.decode import (
 )
 from pipeline.data.sampling import eval_indices, train_indices
 from tests import faults
+from tests.processes import process_name
 from tests.videos import (
     frame_ids,
     indexed_frames,
@@ -288,26 +289,18 @@ def test_stream_chunks_match_random_access(vdir, kind):
     assert e.value.reason == "missing"
 
 
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 def test_idle_child_is_stopped_and_restarted_on_demand(vdir):
     """A decoder kept by a long-lived process (shared_decoder) must not hold an idle child forever."""
     path = write_test_video(vdir / "idle.mp4", num_frames=8)
     with IsolatedDecoder(timeout_s=60, idle_timeout_s=0.5) as decoder:
         first = decoder.decode(path, [0, 7])
         pid = decoder.pid
-        assert _comm(pid) == CHILD_PROCESS_NAME  # operators (and eco bench pipeline) find decode children by name
+        assert process_name(pid) == CHILD_PROCESS_NAME  # how operators and eco bench pipeline find decode children
         deadline = time.monotonic() + 60
         while decoder.pid is not None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert decoder.pid is None
-        assert _comm(pid) != CHILD_PROCESS_NAME  # the process is gone (or its pid was reused by another program)
+        assert process_name(pid) != CHILD_PROCESS_NAME  # gone (or its pid reused by another program)
         np.testing.assert_array_equal(decoder.decode(path, [0, 7]), first)
         assert decoder.processes_started == 2
     with pytest.raises(ValueError, match="idle_timeout_s"):

@@ -7,8 +7,6 @@ written directly (MANIFEST_SCHEMA) so these tests do not pay for probing.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,6 +26,7 @@ from pipeline.data.pipeline import (
     create_run_state,
 )
 from tests.faults import faulty_decode
+from tests.processes import descendants_named
 
 NUM_FRAMES, FPS, WIDTH, HEIGHT = 24, 8, 64, 48
 T = 4
@@ -78,34 +77,6 @@ def videos(tmp_path_factory):
     return root, out
 
 
-def _decode_children() -> set[int]:
-    """PIDs of the decode child processes under this test process (its Ray instance's workers' children)."""
-    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    parent = {}
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                parent[pid] = int(f.read().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            pass
-
-    def mine(pid: int) -> bool:
-        while pid > 1:
-            pid = parent.get(pid, 0)
-            if pid == os.getpid():
-                return True
-        return False
-
-    def comm(pid: int) -> str:
-        try:
-            with open(f"/proc/{pid}/comm") as f:
-                return f.read().strip()
-        except OSError:
-            return ""
-
-    return {p for p in parent if comm(p) == CHILD_PROCESS_NAME and mine(p)}
-
-
 def test_decode_processes_outlive_epochs_and_each_epoch_has_its_own_order(ray_session, videos, tmp_path):
     """The second and third passes (epochs 1, 2) decode with the child processes of the first: no per-epoch
     start-up. Each pass visits every video once, in the order sampling.epoch_order gives its epoch."""
@@ -123,7 +94,7 @@ def test_decode_processes_outlive_epochs_and_each_epoch_has_its_own_order(ray_se
         assert all(frames == sampling.train_indices(NUM_FRAMES, T, sampling.clip_rng(5, epoch, vid)).tolist()
                    for vid, frames in got)
         orders.append([vid for vid, _ in got])
-        children.append(_decode_children())
+        children.append(descendants_named(CHILD_PROCESS_NAME))
     ids = [vid for vid, *_ in rows]
     for epoch, order in enumerate(orders):
         assert order == [ids[i] for i in sampling.epoch_order(len(ids), 5, epoch)]

@@ -145,7 +145,8 @@ def _ppid(pid: int) -> int:
 
 
 def find_processes(substring: str) -> list[int]:
-    """PIDs whose command line (Ray titles its worker processes by what they run, e.g. "ray::ReadEcoClips") contains `substring`."""
+    """PIDs whose command line contains `substring` (Ray titles its worker processes by what they run, e.g.
+    "ray::ReadEcoClips")."""
     return [int(p) for p in os.listdir("/proc") if p.isdigit() and substring in _cmdline(int(p))]
 
 

@@ -7,14 +7,14 @@ memory over many clips.
    instance with 3 logical CPUs. Throughput is clips/s of wall time after the first batch (start-up excluded);
    the ratio 2 CPUs / 1 CPU is the scaling (ideal 2.0 on 2 idle cores). A short warm-up pass before each
    measurement starts the decode worker processes and their decode children, as a training run's first epoch
-   does for all later ones. Then the same stage with 2 CPUs on Arrow
-   IPC frame shards of the same videos (`data.format=shards`, `pipeline.data.shards.ShardClipDecoder`).
+   does for all later ones. Then the same stage with 2 CPUs on Arrow IPC frame shards of the same videos
+   (`data.format=shards`, `pipeline.data.shards.ShardClipDecoder`).
 2. Memory: one long epoch (10,000 clips; --quick: 600) through the same pipeline with 2 decode tasks at a time
    (small 160x120 1 s videos at 112 px, so that 10,000 clips take minutes, not an hour, on a small machine). A
    sampler thread reads the resident set size (/proc) of every Ray worker process that has run a decode task and
-   of its child decode processes (pipeline.data.decode.IsolatedDecoder) twice a second. Growth = median RSS over the last 10% of clips minus the
-   median over 10-20% (after warm-up). The child is replaced every `data.decode_max_clips_per_process` clips, which
-   is what bounds decord's per-reader leak.
+   of its child decode processes (pipeline.data.decode.IsolatedDecoder) twice a second. Growth = median RSS over
+   the last 10% of clips minus the median over 10-20% (after warm-up). The child is replaced every
+   `data.decode_max_clips_per_process` clips, which is what bounds decord's per-reader leak.
 """
 
 from __future__ import annotations

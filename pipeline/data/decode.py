@@ -351,15 +351,7 @@ def decode_frames(
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1 (0 breaks VP9 WebM, dmlc/decord#246), got {num_threads}")
     source, head = _read_source(path)
-    if size is None:
-        info = _stream_info(path, source, head)
-        size = (info["width"], info["height"])
-    width, height = int(size[0]), int(size[1])
-    out_h, out_w = scaled_size(height, width, short_side)
-    # decord corrupts frames of some widths: decode one pixel wider and resize back (see DECORD_BAD_WIDTHS).
-    dec_w = out_w + 1 if out_w in DECORD_BAD_WIDTHS else out_w
-    scaled = (dec_w, out_h) != (width, height)
-    reader_size = dict(width=dec_w, height=out_h) if scaled else {}
+    out_h, out_w, dec_w, reader_size = _output_size(path, source, head, size, short_side)
 
     reader = _open(path, source, head, num_threads=num_threads, **reader_size)
     reported = len(reader)
@@ -432,13 +424,7 @@ def decode_stream_chunk(path: str, start: int, count: int, *, short_side: int | 
     if _STREAM.get("key") != key or _STREAM.get("next") != start:
         _STREAM.clear()
         source, head = _read_source(path)
-        if size is None:
-            info = _stream_info(path, source, head)
-            size = (info["width"], info["height"])
-        width, height = int(size[0]), int(size[1])
-        out_h, out_w = scaled_size(height, width, short_side)
-        dec_w = out_w + 1 if out_w in DECORD_BAD_WIDTHS else out_w
-        reader_size = dict(width=dec_w, height=out_h) if (dec_w, out_h) != (width, height) else {}
+        out_h, out_w, _, reader_size = _output_size(path, source, head, size, short_side)
         mid_gop = _is_mid_gop(_open(path, source, head, num_threads=num_threads, **reader_size))
         frames = _iter_sequential(lambda: _open(path, source, head, num_threads=num_threads, **reader_size), mid_gop)
         _STREAM.update(key=key, frames=frames, next=0, shape=(out_h, out_w))
@@ -464,6 +450,20 @@ def decode_stream_chunk(path: str, start: int, count: int, *, short_side: int | 
         return np.zeros((0, out_h, out_w, 3), np.uint8)
     frames = np.stack(out)
     return _resize_width(frames, out_w) if frames.shape[2] != out_w else frames
+
+
+def _output_size(path: str, source, head: bytes, size: tuple[int, int] | None, short_side: int | None
+                 ) -> tuple[int, int, int, dict[str, int]]:
+    """(out_h, out_w, decoded width, decord reader size kwargs) for frames scaled to `short_side`."""
+    if size is None:
+        info = _stream_info(path, source, head)
+        size = (info["width"], info["height"])
+    width, height = int(size[0]), int(size[1])
+    out_h, out_w = scaled_size(height, width, short_side)
+    # decord corrupts frames of some widths: decode one pixel wider and resize back (see DECORD_BAD_WIDTHS).
+    dec_w = out_w + 1 if out_w in DECORD_BAD_WIDTHS else out_w
+    reader_size = dict(width=dec_w, height=out_h) if (dec_w, out_h) != (width, height) else {}
+    return out_h, out_w, dec_w, reader_size
 
 
 def _repeats_distinct_indices(idx: np.ndarray, frames: np.ndarray) -> bool:

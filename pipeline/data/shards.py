@@ -302,7 +302,8 @@ class ShardClipDecoder:
 
     It takes the same constructor keywords (so `pipeline._dataset` can pick either class from
     `data.format`) and yields the same rows with the same sampling and transforms:
-      train: rng = sampling.clip_rng(seed, epoch, video_id) (epoch: the row's "epoch" column, else `epoch`); indices = sampling.train_indices(num_frames, T, rng);
+      train: rng = sampling.clip_rng(seed, epoch, video_id) (epoch: the row's "epoch" column, else `epoch`);
+             indices = sampling.train_indices(num_frames, T, rng);
              [shuffle_frames: frames[rng.permutation(T)]]; transforms.train_transform(frames, crop_size=, rng=,
              multiscale=, flip=); clip_index 0;
       eval:  for clip c: sampling.eval_indices(num_frames, T, clip=c, num_clips=); transforms.eval_transform(...,
