@@ -1,7 +1,8 @@
 """From one manifest row to its clips: TSN sampling + transforms, whatever stores the frames (pure; no Ray/decord).
 
 The video decoder (pipeline.data.pipeline) and the frame-shard decoder (pipeline.data.shards) differ only in how
-they fetch frames; both call `clip_views` so that training from videos and from shards is the same computation.
+they fetch frames and name their failures; both are `RowClipDecoder`s, so that training from videos and from
+shards is the same computation.
 """
 
 from __future__ import annotations
@@ -66,3 +67,56 @@ def clips_batch(rows: Iterable[dict[str, Any]],
         "clip_index": np.asarray(clip_indices, np.int64),
     }
     return batch, failures
+
+
+class RowClipDecoder:
+    """A decode batch of manifest rows -> clips: what the video decoder (pipeline.data.pipeline) and the frame-shard
+    decoder (pipeline.data.shards) share. Subclasses name the columns they read (`columns`), fetch a row's frames
+    (`_fetch(row, indices)` -> uint8 (T, H, W, 3)), describe a failure (`_describe(row, error)` -> (reason,
+    detail)) and record failures (`_record(failures)`).
+
+    A row's "epoch" column (stamped by the pipeline's source when an epoch's execution starts) selects its TSN
+    offsets; `epoch` is the fallback for rows without one (direct use, as in tests).
+    """
+
+    columns: tuple[str, ...] = ()
+
+    def __init__(self, *, train: bool, num_segments: int, short_side: int, crop_size: int, multiscale: bool,
+                 flip: bool, shuffle_frames: bool, seed: int, num_clips: int = 1, crops: int = 1, epoch: int = 0):
+        self.train, self.T = train, num_segments
+        self.short_side, self.crop_size = short_side, crop_size
+        self.multiscale, self.flip, self.shuffle_frames = multiscale, flip, shuffle_frames
+        self.seed, self.num_clips, self.crops = seed, num_clips, crops
+        self.epoch = int(epoch)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [*self.columns, *(["epoch"] if "epoch" in batch else [])]
+        rows = ({k: batch[k][i] for k in names} for i in range(len(batch["path"])))
+        out, failures = clips_batch(rows, self._clips, self._failure, num_segments=self.T, crop_size=self.crop_size)
+        if failures:
+            self._record(failures)
+        return out
+
+    def _epoch(self, row: dict[str, Any]) -> int:
+        return int(row["epoch"]) if "epoch" in row else self.epoch
+
+    def _failure(self, row: dict[str, Any], error: Exception) -> dict[str, Any]:
+        reason, detail = self._describe(row, error)
+        return {"path": str(row["path"]), "video_id": str(row["video_id"]), "reason": reason, "detail": detail,
+                "epoch": self._epoch(row)}
+
+    def _clips(self, row: dict[str, Any]) -> Iterator[tuple[int, np.ndarray]]:
+        return clip_views(lambda indices: self._fetch(row, indices), str(row["video_id"]), int(row["num_frames"]),
+                          train=self.train, num_segments=self.T, seed=self.seed, epoch=self._epoch(row),
+                          short_side=self.short_side, crop_size=self.crop_size, multiscale=self.multiscale,
+                          flip=self.flip, shuffle_frames=self.shuffle_frames, num_clips=self.num_clips,
+                          crops=self.crops)
+
+    def _fetch(self, row: dict[str, Any], indices: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _describe(self, row: dict[str, Any], error: Exception) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def _record(self, failures: list[dict[str, Any]]) -> None:
+        raise NotImplementedError

@@ -53,6 +53,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.config import Config
 from pipeline.data import manifest as manifest_lib
+from pipeline.data.clips import RowClipDecoder
 
 log = logging.getLogger(__name__)
 
@@ -112,72 +113,42 @@ def create_run_state(name: str | None = None) -> ray.actor.ActorHandle:
 # The decode stage
 
 
-def _failure(row: dict[str, Any], reason: str, detail: str, epoch: int) -> dict[str, Any]:
-    return {"path": str(row["path"]), "video_id": str(row["video_id"]), "reason": reason, "detail": detail,
-            "epoch": epoch}
-
-
-class _ClipDecoder:
-    """Decode + sample + transform a batch of manifest rows into clips (rows that fail are dropped and recorded).
+class _ClipDecoder(RowClipDecoder):
+    """Decode + sample + transform a batch of video-manifest rows into clips (rows that fail are dropped and
+    recorded in `run_state`).
 
     The decoding runs in this process's shared `IsolatedDecoder` (pipeline.data.decode.shared_decoder): decord
     in a child process that is killed on a timeout or dies alone on a native crash, so one bad file costs one
-    clip, not the job; the child lives as long as the Ray worker process, across tasks and epochs. A row's
-    "epoch" column (stamped by _ClipSource) selects its TSN offsets; `epoch` is the fallback for rows without
-    one (direct use, as in tests).
+    clip, not the job; the child lives as long as the Ray worker process, across tasks and epochs.
     """
 
-    def __init__(self, *, train: bool, num_segments: int, short_side: int, crop_size: int, multiscale: bool,
-                 flip: bool, shuffle_frames: bool, seed: int, num_threads: int, timeout_s: float,
-                 max_clips_per_process: int, run_state: ray.actor.ActorHandle | None = None, num_clips: int = 1,
-                 crops: int = 1, epoch: int = 0, decode_fn: Callable | None = None):
+    columns = _DECODE_COLUMNS
+
+    def __init__(self, *, num_threads: int, timeout_s: float, max_clips_per_process: int,
+                 run_state: ray.actor.ActorHandle | None = None, decode_fn: Callable | None = None, **clip_kwargs):
         from pipeline.data.decode import shared_decoder
 
-        self.train, self.T = train, num_segments
-        self.short_side, self.crop_size = short_side, crop_size
-        self.multiscale, self.flip, self.shuffle_frames = multiscale, flip, shuffle_frames
-        self.seed, self.num_threads = seed, num_threads
-        self.num_clips, self.crops = num_clips, crops
-        self.run_state = run_state
-        self.epoch = int(epoch)
+        super().__init__(**clip_kwargs)
+        self.num_threads, self.run_state = num_threads, run_state
         self.decoder = shared_decoder(timeout_s=timeout_s, max_clips_per_process=max_clips_per_process,
                                       decode_fn=decode_fn)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pipeline.data.clips import clips_batch
-
-        columns = [*_DECODE_COLUMNS, *(["epoch"] if "epoch" in batch else [])]
-        rows = ({k: batch[k][i] for k in columns} for i in range(len(batch["path"])))
-        out, failures = clips_batch(rows, self._clips, self._failure, num_segments=self.T,
-                                    crop_size=self.crop_size)
-        record_failures(self.run_state, failures)
-        return out
-
-    def _epoch(self, row: dict[str, Any]) -> int:
-        return int(row["epoch"]) if "epoch" in row else self.epoch
-
-    def _failure(self, row: dict[str, Any], e: Exception) -> dict[str, Any]:
-        from pipeline.data.decode import DecodeError
-
-        if isinstance(e, DecodeError):
-            return _failure(row, e.reason, str(getattr(e, "detail", "") or e), self._epoch(row))
-        log.error("decoding %s failed unexpectedly", row["path"], exc_info=e)
-        return _failure(row, "decode_error", f"{type(e).__name__}: {e}", self._epoch(row))
-
-    def _decode(self, row: dict[str, Any], indices: np.ndarray) -> np.ndarray:
+    def _fetch(self, row: dict[str, Any], indices: np.ndarray) -> np.ndarray:
         # num_frames (probed) clamps indices to frames that really decode; size saves a header read.
         return self.decoder.decode(str(row["path"]), indices, short_side=self.short_side,
                                    num_threads=self.num_threads, num_frames=int(row["num_frames"]),
                                    size=(int(row["width"]), int(row["height"])))
 
-    def _clips(self, row: dict[str, Any]):
-        from pipeline.data.clips import clip_views
+    def _describe(self, row: dict[str, Any], error: Exception) -> tuple[str, str]:
+        from pipeline.data.decode import DecodeError
 
-        return clip_views(lambda indices: self._decode(row, indices), str(row["video_id"]), int(row["num_frames"]),
-                          train=self.train, num_segments=self.T, seed=self.seed, epoch=self._epoch(row),
-                          short_side=self.short_side, crop_size=self.crop_size, multiscale=self.multiscale,
-                          flip=self.flip, shuffle_frames=self.shuffle_frames, num_clips=self.num_clips,
-                          crops=self.crops)
+        if isinstance(error, DecodeError):
+            return error.reason, str(getattr(error, "detail", "") or error)
+        log.error("decoding %s failed unexpectedly", row["path"], exc_info=error)
+        return "decode_error", f"{type(error).__name__}: {error}"
+
+    def _record(self, failures: list[dict[str, Any]]) -> None:
+        record_failures(self.run_state, failures)
 
 
 def record_failures(run_state, failures: list[dict[str, Any]]) -> None:

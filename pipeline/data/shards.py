@@ -53,6 +53,8 @@ import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from pipeline.data.clips import RowClipDecoder
+
 log = logging.getLogger(__name__)
 
 ShardFormat = Literal["arrow", "parquet"]
@@ -296,7 +298,7 @@ def is_shard_manifest(table: pa.Table) -> bool:
         c in FORMAT_OF_CODEC for c in table.column("codec").unique().to_pylist())
 
 
-class ShardClipDecoder:
+class ShardClipDecoder(RowClipDecoder):
     """Turns a batch of shard-manifest rows into clips: the frame-shard twin of the video pipeline's decoder
     (pipeline/data/pipeline.py `_ClipDecoder`), kept per Ray worker process by the decode stage's tasks.
 
@@ -315,55 +317,29 @@ class ShardClipDecoder:
     `run_state` (reason "shard_error"); the epoch goes on.
     """
 
-    def __init__(self, *, train: bool, num_segments: int, short_side: int, crop_size: int, multiscale: bool,
-                 flip: bool, shuffle_frames: bool, seed: int, run_state=None, num_clips: int = 1, crops: int = 1,
-                 epoch: int = 0, jpeg_backend: str = "torchvision", shard_root: str | None = None,
+    columns = ("path", "video_id", "label", "num_frames", "batch_index")
+
+    def __init__(self, *, run_state=None, jpeg_backend: str = "torchvision", shard_root: str | None = None,
                  num_threads: int = 1, timeout_s: float | None = None, max_clips_per_process: int | None = None,
-                 decode_fn: Callable | None = None):
-        self.train, self.T = train, num_segments
-        self.short_side, self.crop_size = short_side, crop_size
-        self.multiscale, self.flip, self.shuffle_frames = multiscale, flip, shuffle_frames
-        self.seed, self.num_clips, self.crops = seed, num_clips, crops
+                 decode_fn: Callable | None = None, **clip_kwargs):
+        super().__init__(**clip_kwargs)
         self.run_state = run_state
-        self.epoch = int(epoch)  # for rows without an "epoch" column (see _ClipDecoder)
         self.reader = ShardReader(shard_root, backend=jpeg_backend)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pipeline.data.clips import clips_batch
-
-        from pipeline.data.pipeline import record_failures
-
-        columns = ["path", "video_id", "label", "num_frames", "batch_index", *(["epoch"] if "epoch" in batch else [])]
-        rows = ({k: batch[k][i] for k in columns} for i in range(len(batch["path"])))
-        out, failures = clips_batch(rows, self._clips, self._failure, num_segments=self.T,
-                                    crop_size=self.crop_size)
-        record_failures(self.run_state, failures)
-        return out
-
-    def _epoch(self, row: dict[str, Any]) -> int:
-        return int(row["epoch"]) if "epoch" in row else self.epoch
-
-    def _failure(self, row: dict[str, Any], e: Exception) -> dict[str, Any]:
-        if isinstance(e, ShardError):
-            reason, detail = "shard_error", str(e)
-        else:
-            log.error("reading %s from %s failed unexpectedly", row["video_id"], row["path"], exc_info=e)
-            reason, detail = "decode_error", f"{type(e).__name__}: {e}"
-        return {"path": str(row["path"]), "video_id": str(row["video_id"]), "reason": reason, "detail": detail,
-                "epoch": self._epoch(row)}
-
-    def _decode(self, row: dict[str, Any], indices: np.ndarray) -> np.ndarray:
+    def _fetch(self, row: dict[str, Any], indices: np.ndarray) -> np.ndarray:
         return self.reader.decode(str(row["path"]), int(row["batch_index"]), indices,
                                   video_id=str(row["video_id"]))
 
-    def _clips(self, row: dict[str, Any]):
-        from pipeline.data.clips import clip_views
+    def _describe(self, row: dict[str, Any], error: Exception) -> tuple[str, str]:
+        if isinstance(error, ShardError):
+            return "shard_error", str(error)
+        log.error("reading %s from %s failed unexpectedly", row["video_id"], row["path"], exc_info=error)
+        return "decode_error", f"{type(error).__name__}: {error}"
 
-        return clip_views(lambda indices: self._decode(row, indices), str(row["video_id"]), int(row["num_frames"]),
-                          train=self.train, num_segments=self.T, seed=self.seed, epoch=self._epoch(row),
-                          short_side=self.short_side, crop_size=self.crop_size, multiscale=self.multiscale,
-                          flip=self.flip, shuffle_frames=self.shuffle_frames, num_clips=self.num_clips,
-                          crops=self.crops)
+    def _record(self, failures: list[dict[str, Any]]) -> None:
+        from pipeline.data.pipeline import record_failures
+
+        record_failures(self.run_state, failures)
 
 
 # --------------------------------------------------------------------------------------------------------------
