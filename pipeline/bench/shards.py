@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from pipeline.bench._common import CpuTimer, Timing, bar_plot, make_videos, write_results
 

@@ -58,7 +58,6 @@ def _config(manifest: str, out: Path, *, segments: int, size: int, batch: int, e
 def _plain_loop(cfg, num_classes: int, steps: int) -> dict[str, float]:
     """The training loop's step on in-memory uint8 clips (decoded once, before the clock starts)."""
     import numpy as np
-    import pyarrow.compute as pc
     import torch
     import torch.nn.functional as F
 
@@ -123,7 +122,6 @@ def _steady_clips_per_s(wandb_run: str | None, *, steps_per_epoch: int, batch: i
 
 def measure(work_dir: str | Path | None = None, *, quick: bool = False,
             train_videos: int | None = None) -> dict[str, Any]:
-    import pyarrow.compute as pc
 
     from pipeline.bench._common import make_videos
     from pipeline.data.manifest import read_labels, read_manifest
