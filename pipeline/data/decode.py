@@ -598,7 +598,9 @@ class IsolatedDecoder:
         self.probe_fn = probe_fn or probe
         self.start_timeout_s = float(start_timeout_s)
         self.idle_timeout_s = None if idle_timeout_s is None else float(idle_timeout_s)
-        self._idle_timer: threading.Timer | None = None
+        # One watcher thread per decoder while a child runs (not a timer per call: calls are per clip).
+        self._idle_watcher: threading.Thread | None = None
+        self._closed = threading.Event()
         self._last_call = time.monotonic()
         self._context = multiprocessing.get_context(start_method)
         self._lock = threading.Lock()
@@ -628,9 +630,7 @@ class IsolatedDecoder:
     def close(self) -> None:
         """Stop the child (politely, then by force)."""
         with self._lock:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
+            self._closed.set()  # wakes the idle watcher, which then finds no child and exits
             self._stop()
 
     def __enter__(self) -> "IsolatedDecoder":
@@ -671,26 +671,33 @@ class IsolatedDecoder:
             if self._calls_in_process >= self.max_clips_per_process:
                 self._stop()
             self._last_call = time.monotonic()
-            self._arm_idle_timer()
+            self._watch_idle()
         if status == "error":
             raise payload
         return payload
 
-    def _arm_idle_timer(self) -> None:
+    def _watch_idle(self) -> None:
+        """Start the idle watcher if a child runs and none watches it (called with the lock held)."""
         if self.idle_timeout_s is None or self._process is None:
             return
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._idle_timer = threading.Timer(self.idle_timeout_s, self._stop_if_idle)
-        self._idle_timer.daemon = True
-        self._idle_timer.start()
+        if self._idle_watcher is None or not self._idle_watcher.is_alive():
+            self._idle_watcher = threading.Thread(target=self._stop_when_idle, name="eco-decode-idle", daemon=True)
+            self._idle_watcher.start()
 
-    def _stop_if_idle(self) -> None:
-        with self._lock:
-            # A call that finished after this timer was armed re-armed a later one; only the latest stops.
-            if self._process is not None and time.monotonic() - self._last_call >= self.idle_timeout_s * 0.99:
-                log.debug("decode process %d idle for %.0fs: stopping it", self._process.pid, self.idle_timeout_s)
-                self._stop()
+    def _stop_when_idle(self) -> None:
+        # Re-checks under the lock after every wake-up: a close() wakes it (no child: exit), and a child started
+        # again right after a close() is watched by this same thread.
+        while True:
+            with self._lock:
+                self._closed.clear()
+                if self._process is None:
+                    return
+                remaining = self._last_call + self.idle_timeout_s - time.monotonic()
+                if remaining <= 0:
+                    log.debug("decode process %d idle for %.0fs: stopping it", self._process.pid, self.idle_timeout_s)
+                    self._stop()
+                    return
+            self._closed.wait(remaining)
 
     def _start(self) -> None:
         parent, child = self._context.Pipe(duplex=True)
