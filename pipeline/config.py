@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 
 class ConfigError(ValueError):
     """A config key or value is invalid; the message names the dotted key."""
@@ -125,10 +123,20 @@ class TrainConfig:
     eval_batch_size: int = 16
     # Drives TSN offsets (from seed, epoch, video), init and shuffles.
     seed: int = 0
-    # On GPU: bf16 autocast and channels_last_3d (ignored on CPU).
+    # bf16 autocast and channels_last(_3d) on the training device, CPU or GPU (pipeline.training.engine). Both pay
+    # off on GPUs with bf16 tensor cores; on CPUs without bf16 instructions (avx512_bf16/AMX) bf16 is several times
+    # slower than fp32, so the CPU recipes turn both off.
     amp: bool = True
     channels_last: bool = True
+    # torch.compile the model in place before the DDP wrap (checkpoint keys unchanged). The first steps pay the
+    # compilation (minutes for ECO on a small CPU); inductor on CPU needs a C++ compiler (checked at start).
     compile: bool = False
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
+    # BatchNorm policy (pipeline.training.engine): "train" every BN layer trains (the authors' published Kinetics
+    # and UCF101 scripts, --no_partialbn); "partial" TSN's partial BN, every BN after the first in eval mode with
+    # frozen affine parameters (the authors' model code's default; for fine-tuning on small data); "frozen" all
+    # BN frozen; "sync" SyncBatchNorm across ranks (GPUs only; for small per-GPU batches of 16-frame clips).
+    batchnorm: Literal["train", "partial", "frozen", "sync"] = "train"
     # Log per-step metrics every N optimiser steps.
     log_every_steps: int = 10
     # Stop after this many optimiser steps in total (0: no limit); used by tests and smoke runs.
@@ -228,6 +236,8 @@ class Config:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML recipe (None: defaults) and apply `--set` overrides."""
+    import yaml  # here, not at the top: the GPU check imports this module on machines without PyYAML
+
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -251,6 +261,8 @@ def _check(ok: bool, key: str, expected: str) -> None:
 
 
 def _split_override(item: str) -> tuple[str, Any]:
+    import yaml
+
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected section.key=value")
     key, raw = item.split("=", 1)

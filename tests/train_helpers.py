@@ -33,6 +33,7 @@ def tiny_config(data: Path, storage: Path, run_name: str, *overrides: str) -> Co
         "data.decode_workers=1", "data.decode_batch_size=4", "data.prefetch_batches=1",
         "optim.lr=0.01", "optim.base_batch_size=4", "optim.schedule=cosine",
         "train.epochs=1", "train.batch_size=2", "train.eval_batch_size=4", "train.log_every_steps=1",
+        "train.amp=false", "train.channels_last=false",
         "scaling.num_workers=2",
         f"checkpoint.storage_path={storage}", f"checkpoint.run_name={run_name}", "checkpoint.max_failures=0",
         "wandb.mode=offline", "wandb.log_sample_clips=2",

@@ -40,7 +40,8 @@ class ClassificationSums:
         self.top1 += hits[:, 0].sum()
         self.top5 += hits.any(dim=1).sum()
         flat = labels * self.num_classes + top[:, 0]
-        self.confusion += torch.bincount(flat, minlength=self.num_classes**2).view(self.num_classes, -1)
+        # index_add_ rather than bincount: bincount on CUDA reads the maximum back to the host (a sync per batch).
+        self.confusion.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=self.confusion.dtype))
         if loss_sum is not None:
             self.loss_sum += torch.as_tensor(loss_sum, dtype=torch.float64, device=self.loss_sum.device).detach()
 

@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 # Ray Train V2 is the default in Ray 2.60; set it explicitly so older 2.x installs take the same code path.
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -78,14 +78,21 @@ class _ExactEvalDataConfig(DataConfig):
         return output
 
 
-def train(cfg: Config) -> TrainResult:
-    """Run (or resume) the training described by `cfg`; returns where the checkpoints and W&B run are."""
+def train(cfg: Config, *, batch_hook: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> TrainResult:
+    """Run (or resume) the training described by `cfg`; returns where the checkpoints and W&B run are.
+
+    `batch_hook` (picklable, module-level) is applied to every batch in the workers before the model sees it: an
+    injection point for tests (tests/residency.py emulates accelerator-resident batches with it).
+    """
     from pipeline.data import pipeline as data_pipeline
     from pipeline.data.manifest import read_labels, read_manifest
 
     cfg = _absolute_paths(cfg)
     if not cfg.data.manifest:
         raise ValueError("data.manifest: set it to a directory written by `eco prepare` (or its manifest.parquet)")
+    if cfg.train.batchnorm == "sync" and not cfg.scaling.use_gpu:
+        raise ValueError("train.batchnorm=sync needs GPUs (torch's SyncBatchNorm runs on CUDA only): set "
+                         "scaling.use_gpu=true, or train.batchnorm=train on CPU")
     _ensure_ray(cfg)
     label_names = read_labels(cfg.data.manifest)
     num_train = read_manifest(cfg.data.manifest, cfg.data.train_split).num_rows
@@ -112,7 +119,7 @@ def train(cfg: Config) -> TrainResult:
     trainer = TorchTrainer(
         train_func_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "label_names": label_names, "schedule": vars(schedule),
-                           "data_state": data_state},
+                           "data_state": data_state, **({"batch_hook": batch_hook} if batch_hook else {})},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=workers,
