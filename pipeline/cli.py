@@ -80,7 +80,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.training.evaluate import evaluate
 
     report = evaluate(args.checkpoint, args.manifest, split=args.split, num_clips=args.clips, crops=args.crops,
-                      out_dir=args.out, num_cpus=args.num_cpus)
+                      out_dir=args.out, num_cpus=args.num_cpus, actors=args.actors, amp=args.amp)
     print(json.dumps({k: v for k, v in report.items() if k != "per_class"}, indent=2))
     return 0
 
@@ -104,6 +104,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     module = importlib.import_module(f"pipeline.bench.{args.name}")
     return module.run(args) or 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from pipeline import check_gpu
+
+    return check_gpu.run(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -177,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crops", type=int, default=1, choices=[1, 3], help="spatial crops per clip")
     p.add_argument("--out", default=None, help="report directory (default: next to the checkpoint)")
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for an auto-started local Ray")
+    p.add_argument("--actors", type=int, default=None,
+                   help="model actors (default: one per GPU of the cluster, else 1 CPU actor)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast in the model actors (GPUs with bf16 cores)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="top-k labels for videos, batch inference, or online mode")
@@ -198,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write results (JSON, plots) here")
     p.add_argument("--quick", action="store_true", help="smaller inputs, for a smoke run")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("check", help="end-to-end checks of a machine: `eco check gpu` (make gpu-check)")
+    p.add_argument("what", choices=["gpu"])
+    from pipeline.check_gpu import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("demo", help="synthetic data -> 2-worker Ray Train run -> evaluation (make demo)")
     p.add_argument("--out", default="outputs/demo")

@@ -31,6 +31,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipeline.inference.actors import ModelActor, add_model_stage, model_pool
+
 log = logging.getLogger(__name__)
 
 ERRORS_DIR = "_errors"
@@ -99,7 +101,7 @@ def batch_predict(manifest: str | Path, checkpoint: str | Path, out: str | Path,
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    actors = actors or max(gpus, 1)
+    actors, model_resources, kind = model_pool(actors)
     needed = (0 if gpus else actors) + 2
     if cpus < needed:
         # Better a clear error than a pipeline that waits forever for an actor it cannot place.
@@ -109,9 +111,8 @@ def batch_predict(manifest: str | Path, checkpoint: str | Path, out: str | Path,
     if decode_workers is None:
         # Leave a CPU for the driver-side operators; on CPU-only clusters the model actors hold one CPU each.
         decode_workers = max(1, cpus - (0 if gpus else actors) - 1)
-    model_resources: dict[str, Any] = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     log.info("batch inference: %d manifest rows, %d to do, %d model actors (%s), up to %d decode actors",
-             manifest_rows, pending, actors, "GPU" if gpus else "CPU", decode_workers)
+             manifest_rows, pending, actors, kind, decode_workers)
 
     ds = ray.data.read_parquet(manifest_path, columns=columns)
     ds = ds.map_batches(_select_pending, fn_kwargs={"done": done}, batch_format="pyarrow", batch_size=4096)
@@ -126,14 +127,8 @@ def batch_predict(manifest: str | Path, checkpoint: str | Path, out: str | Path,
         batch_format="numpy",
         num_cpus=1,
     )
-    ds = ds.map_batches(
-        _Classify,
-        fn_constructor_kwargs={"checkpoint": checkpoint, "top_k": top_k, "features": features},
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        batch_size=batch_size,
-        batch_format="numpy",
-        **model_resources,
-    )
+    ds = add_model_stage(ds, _Classify, actors=actors, resources=model_resources, batch_size=batch_size,
+                         checkpoint=checkpoint, top_k=top_k, features=features)
     ds = ds.map_batches(_write_part, fn_kwargs={"out": out}, batch_format="pyarrow", batch_size=None,
                         num_cpus=0.25)
 
@@ -235,13 +230,11 @@ class _DecodeClips:
             decoder.close()
 
 
-class _Classify:
-    """Model actor: holds one Predictor (on this actor's GPU when it has one) and turns clips into rows."""
+class _Classify(ModelActor):
+    """Model actor (pipeline.inference.actors): turns clips into rows of top-k labels (and features)."""
 
     def __init__(self, checkpoint: str, top_k: int, features: bool):
-        from pipeline.inference.predictor import Predictor
-
-        self.predictor = Predictor.from_checkpoint(checkpoint)
+        super().__init__(checkpoint)
         self.top_k = top_k
         self.features = features
 

@@ -135,9 +135,11 @@ class Predictor:
     """An ECO model in eval mode with the labels and preprocessing of the checkpoint it came from."""
 
     def __init__(self, model: torch.nn.Module, label_names: Iterable[str], preprocessing: Preprocessing, *,
-                 device: str | torch.device | None = None, decode_timeout_s: float = 60.0):
+                 device: str | torch.device | None = None, decode_timeout_s: float = 60.0, amp: bool = False):
         self.device = torch.device(device) if device is not None else _default_device()
         self.model = model.to(self.device).eval()
+        # bf16 autocast (fast on GPUs with bf16 tensor cores); off by default so predictions are fp32-exact.
+        self.amp = amp
         self.label_names = tuple(label_names)
         self.preprocessing = preprocessing
         self.decode_timeout_s = decode_timeout_s
@@ -149,7 +151,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None, *,
                         preprocessing: Preprocessing | None = None, label_names: Iterable[str] | None = None,
-                        decode_timeout_s: float = 60.0) -> "Predictor":
+                        decode_timeout_s: float = 60.0, amp: bool = False) -> "Predictor":
         """Rebuild the model from a project checkpoint or the authors' release and load it strictly.
 
         `preprocessing` and `label_names` override what the checkpoint implies (e.g. the book's 224 short side).
@@ -169,7 +171,7 @@ class Predictor:
         load_weights(model, ckpt)
         log.info("loaded %s checkpoint %s: ECO-%s, %d classes, %s", info.kind, path, info.variant.capitalize(),
                  len(labels), prep)
-        return cls(model, labels, prep, device=device, decode_timeout_s=decode_timeout_s)
+        return cls(model, labels, prep, device=device, decode_timeout_s=decode_timeout_s, amp=amp)
 
     # -- decoding -------------------------------------------------------------------------------------------------
 
@@ -214,13 +216,14 @@ class Predictor:
 
         x = torch.as_tensor(clips).to(self.device, non_blocking=True)
         x = normalize(x, self.preprocessing.normalization)  # (N, T, 3, H, W) float32
-        if features:
-            feats = self.model.forward_features(x)  # (N, D)
-            # In eval mode dropout is the identity, so fc(features) is exactly forward(x).
-            logits = self.model.fc(feats)
-        else:
-            feats = None
-            logits = self.model(x)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            if features:
+                feats = self.model.forward_features(x)  # (N, D)
+                # In eval mode dropout is the identity, so fc(features) is exactly forward(x).
+                logits = self.model.fc(feats)
+            else:
+                feats = None
+                logits = self.model(x)
         probs = torch.softmax(logits.float(), dim=1)
         return probs.cpu().numpy(), (feats.float().cpu().numpy() if feats is not None else None)
 
