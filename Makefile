@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Torch and torchvision must come from the same build: install them together first.
 TORCH_SPEC ?= "torch>=2.4,<=2.14.1" "torchvision>=0.19,<=0.29.1"
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The GPU path end to end on one GPU (pipeline/check_gpu.py). No setup step: GPU machines may have torch but no
+# network, so it runs with .venv's Python when there is one, else the machine's python3 (torch, torchvision, numpy).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) -m pipeline.check_gpu $(GPU_CHECK_ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/eco bench decode

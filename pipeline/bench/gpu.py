@@ -67,17 +67,6 @@ def _peak(device_name: str, dtype: str, override: float | None) -> float | None:
     return None
 
 
-def _channels_last(model) -> None:
-    """Same layout as the training loop: channels_last_3d for Conv3d weights, channels_last for Conv2d."""
-    import torch
-
-    for p in model.parameters():
-        if p.dim() == 5:
-            p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
-        elif p.dim() == 4:
-            p.data = p.data.contiguous(memory_format=torch.channels_last)
-
-
 def measure_setting(setting: str, *, device: str, segments: int, size: int, batch: int, steps: int,
                     warmup: int, num_classes: int = 400) -> dict[str, Any]:
     """Training clips/s of one setting on `device` (synthetic inputs already on the device)."""
@@ -85,14 +74,16 @@ def measure_setting(setting: str, *, device: str, segments: int, size: int, batc
     import torch.nn.functional as F
 
     from pipeline.model import eco_lite
+    from pipeline.training.engine import prepare_model
 
     torch.manual_seed(0)
-    model = eco_lite(num_classes=num_classes, num_segments=segments, dropout=0.3).to(device).train()
+    model = eco_lite(num_classes=num_classes, num_segments=segments, dropout=0.3)
     bf16 = "bf16" in setting
-    if "channels_last" in setting and device == "cuda":
-        _channels_last(model)
+    # The training loop's own preparation: channels_last(_3d) and in-place torch.compile (pipeline.training.engine).
+    model = prepare_model(model, torch.device(device), channels_last="channels_last" in setting,
+                          compile="compile" in setting).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    step_model = torch.compile(model) if "compile" in setting else model
+    step_model = model
     x = torch.randn(batch, segments, 3, size, size, device=device)  # (N, T, 3, H, W), already normalised
     y = torch.randint(0, num_classes, (batch,), device=device)
     autocast_device = "cuda" if device == "cuda" else "cpu"
