@@ -120,13 +120,17 @@ def _save_legacy(path: Path, obj: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def states() -> dict[str, dict[str, torch.Tensor]]:
+    return {"2d": bninception_state_dict(), "3d": resnet3d18_state_dict()}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory, states: dict) -> dict:
     d = tmp_path_factory.mktemp("init")
-    sd2d, sd3d = bninception_state_dict(), resnet3d18_state_dict()
-    path2d = _save_legacy(d / "bninception_rgb_kinetics_init-d4ee618d3399.pth", {"state_dict": sd2d})
+    path2d = _save_legacy(d / "bninception_rgb_kinetics_init-d4ee618d3399.pth", {"state_dict": states["2d"]})
     path3d = _save_legacy(d / "C3DResNet18_rgb_16F_kinetics_v1.pth.tar",
-                          {"epoch": 30, "arch": "C3DRes18", "state_dict": sd3d, "best_prec1": 50.0})
-    return {"2d": path2d, "3d": path3d, "sd2d": sd2d, "sd3d": sd3d, "dir": d}
+                          {"epoch": 30, "arch": "C3DRes18", "state_dict": states["3d"], "best_prec1": 50.0})
+    return {"2d": path2d, "3d": path3d, "sd2d": states["2d"], "sd3d": states["3d"]}
 
 
 def _shapes(variant: str, num_classes: int = KINETICS) -> dict[str, tuple[int, ...]]:
@@ -146,8 +150,8 @@ def _res3a_2_as_the_authors(w: torch.Tensor) -> torch.Tensor:
 # --- the accounting: pure, on shapes ------------------------------------------------------------------------------
 
 
-def test_the_files_have_the_reference_layouts() -> None:
-    sd2d, sd3d = bninception_state_dict(), resnet3d18_state_dict()
+def test_the_files_have_the_reference_layouts(states: dict) -> None:
+    sd2d, sd3d = states["2d"], states["3d"]
     # 69 convolutions, 69 BatchNorms and a classifier (ECO_REFERENCE.md), ~11M parameters.
     assert sum(k.endswith("_bn.running_var") for k in sd2d) == 69 and len(sd2d) == 69 * 6 + 2
     # Its convolutions and BatchNorms are ECO-Full's 2D part (10,270,240 parameters, docs/model.md) plus fc.
@@ -158,8 +162,8 @@ def test_the_files_have_the_reference_layouts() -> None:
 
 
 @pytest.mark.parametrize("variant", ["lite", "full"])
-def test_every_eco_key_is_accounted_for(variant: str) -> None:
-    sd2d, sd3d = bninception_state_dict(), resnet3d18_state_dict()
+def test_every_eco_key_is_accounted_for(states: dict, variant: str) -> None:
+    sd2d, sd3d = states["2d"], states["3d"]
     expected = _shapes(variant)
     state, report = plan_init(expected, state_2d=sd2d, state_3d=sd3d, file_2d="bn.pth", file_3d="c3d.pth.tar")
     assert list(report.sources) == list(expected)  # every key, in the model's order
@@ -194,9 +198,9 @@ def test_every_eco_key_is_accounted_for(variant: str) -> None:
     assert "fc.{weight,bias}" in text and "Xavier" in text
 
 
-def test_one_file_alone_leaves_the_other_part_fresh() -> None:
+def test_one_file_alone_leaves_the_other_part_fresh(states: dict) -> None:
     expected = _shapes("lite")
-    _, report = plan_init(expected, state_3d=resnet3d18_state_dict(), file_3d="c3d.pth.tar")
+    _, report = plan_init(expected, state_3d=states["3d"], file_3d="c3d.pth.tar")
     assert not report.keys_from("2d") and report.file_2d is None
     assert all(report.sources[k] == "fresh" for k in expected if k.startswith("net2d."))
 
@@ -228,13 +232,15 @@ def _assert_fresh_by_the_authors_rule(model: ECO, keys: tuple[str, ...]) -> None
 
 def _assemble_by_hand(variant: str, files: dict, fc: torch.nn.Linear) -> ECO:
     """ECO with every tensor set from the files by its Caffe layer name, without pipeline.model.weights."""
-    hand = ECO(variant=variant, num_classes=fc.out_features, num_segments=4, dropout=0.3)
+    with torch.device("meta"):  # no initialisation: every tensor is set below
+        hand = ECO(variant=variant, num_classes=fc.out_features, num_segments=4, dropout=0.3)
+    hand.to_empty(device="cpu")
     sd3d = {k.removeprefix("module.base_model."): v for k, v in files["sd3d"].items()}
     with torch.no_grad():
         for key, tensor in hand.state_dict().items():
             if key.endswith("num_batches_tracked"):
-                continue
-            if key.startswith("fc."):
+                source = torch.zeros(())
+            elif key.startswith("fc."):
                 source = getattr(fc, key[3:])
             elif key.startswith("net3d."):
                 source = sd3d[_layer_param(key)]
@@ -271,7 +277,7 @@ def test_loaded_model_equals_the_files_and_a_model_assembled_by_hand(files: dict
     _assert_fresh_by_the_authors_rule(model, fresh)
 
     hand = _assemble_by_hand(variant, files, model.fc)
-    clip = torch.randn(2, 4, 3, 112, 112, generator=torch.Generator().manual_seed(3)) * 50
+    clip = torch.randn(1, 4, 3, 112, 112, generator=torch.Generator().manual_seed(3)) * 50
     with torch.no_grad():
         logits = model(clip)
         assert torch.isfinite(logits).all() and logits.abs().max() > 0
@@ -327,33 +333,30 @@ def test_wrong_shapes_name_the_key_and_the_file(files: dict, tmp_path: Path) -> 
 
     sd3d = dict(files["sd3d"])
     sd3d["module.base_model.res3a_2.weight"] = torch.zeros(128, 96, 3, 3, 3)  # already sliced: not the layout
-    path = _save_legacy(tmp_path / "c3d_wrong.pth.tar", {"state_dict": sd3d})
     with pytest.raises(CheckpointError, match=r"c3d_wrong\.pth\.tar: module\.base_model\.res3a_2\.weight has shape "
                                               r"\(128, 96, 3, 3, 3\), expected \(128, 128, 3, 3, 3\)"):
-        load_init_weights(ECO(variant="lite", num_classes=5, num_segments=4, dropout=0.3), init_3d=path)
+        plan_init(_shapes("lite"), state_3d=sd3d, file_3d="c3d_wrong.pth.tar")
 
 
-def test_missing_key_names_the_key_and_the_file(files: dict, tmp_path: Path) -> None:
-    sd3d = {k: v for k, v in files["sd3d"].items() if "res4a_down" not in k}
-    path = _save_legacy(tmp_path / "c3d_missing.pth.tar", {"state_dict": sd3d})
+def test_missing_key_names_the_key_and_the_file(states: dict) -> None:
+    sd3d = {k: v for k, v in states["3d"].items() if "res4a_down" not in k}
     with pytest.raises(CheckpointError, match=r"c3d_missing\.pth\.tar does not fit ECO's 3D ResNet-18 part: missing "
                                               r"module\.base_model\.res4a_down\.weight, module\.base_model\.res4a_down"
                                               r"\.bias$"):
-        eco_lite(num_classes=5, num_segments=4, init_3d=path)
+        plan_init(_shapes("lite"), state_3d=sd3d, file_3d="c3d_missing.pth.tar")
     # ECO-Full needs the whole BN-Inception: a file without inception_5b fails, ECO-Lite does not care.
-    sd2d = {k: v for k, v in files["sd2d"].items() if not k.startswith("inception_5b")}
-    path = _save_legacy(tmp_path / "bn_no_5b.pth", {"state_dict": sd2d})
-    load_init_weights(ECO(variant="lite", num_classes=5, num_segments=4, dropout=0.3), init_2d=path)
+    sd2d = {k: v for k, v in states["2d"].items() if not k.startswith("inception_5b")}
+    plan_init(_shapes("lite"), state_2d=sd2d, file_2d="bn_no_5b.pth")
     with pytest.raises(CheckpointError, match=r"bn_no_5b\.pth does not fit ECO's 2D BN-Inception part: missing "
                                               r"inception_5b_1x1\.weight"):
-        plan_init(_shapes("full"), state_2d=read_init_state_dict(path)[0], file_2d=str(path))
+        plan_init(_shapes("full"), state_2d=sd2d, file_2d="bn_no_5b.pth")
 
 
-def test_swapped_files_are_named(files: dict) -> None:
-    with pytest.raises(CheckpointError, match=r"C3DResNet18.*its keys are prefixed"):
-        plan_init(_shapes("lite"), state_2d=files["sd3d"], file_2d=str(files["3d"]))
-    with pytest.raises(CheckpointError, match=r"bninception.*expected keys 'module\.base_model\."):
-        plan_init(_shapes("lite"), state_3d=files["sd2d"], file_3d=str(files["2d"]))
+def test_swapped_files_are_named(states: dict) -> None:
+    with pytest.raises(CheckpointError, match=r"C3DResNet18\.pth\.tar does not fit .*its keys are prefixed"):
+        plan_init(_shapes("lite"), state_2d=states["3d"], file_2d="C3DResNet18.pth.tar")
+    with pytest.raises(CheckpointError, match=r"bninception\.pth does not fit .*expected keys 'module\.base_model\."):
+        plan_init(_shapes("lite"), state_3d=states["2d"], file_3d="bninception.pth")
 
 
 class _RunsCode:
@@ -398,3 +401,15 @@ def test_kinetics_recipe_starts_from_both_files_and_training_passes_them(files: 
     model = _build_model(cfg, num_classes=3)
     assert torch.equal(model.net3d.res4.res4a_down.weight, files["sd3d"]["module.base_model.res4a_down.weight"])
     assert torch.equal(model.net2d.inception_b.inception_3b_pool_proj_bn.bias, files["sd2d"]["inception_3b_pool_proj_bn.bias"])
+
+
+def test_bare_state_dicts_are_read_and_other_files_are_named(tmp_path: Path) -> None:
+    bare = tmp_path / "bare.pth"
+    torch.save({"conv1_7x7_s2.weight": torch.ones(2)}, bare)  # some BN-Inception copies are a bare state_dict
+    assert list(read_init_state_dict(bare)[0]) == ["conv1_7x7_s2.weight"]
+    other = tmp_path / "other.pth"
+    torch.save({"model": [1, 2]}, other)
+    with pytest.raises(CheckpointError, match=r"other\.pth: not a weights file: .* top-level keys model"):
+        read_init_state_dict(other)
+    with pytest.raises(FileNotFoundError, match=r"absent\.pth"):
+        read_init_state_dict(tmp_path / "absent.pth")
