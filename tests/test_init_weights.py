@@ -305,8 +305,11 @@ def test_model_info_prints_the_accounting(files: dict, capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "37,503,856" in out and "starting point" in out
     assert f"2D BN-Inception {files['2d']}: 114 ECO tensors loaded" in out
-    assert "unused: 302 keys (inception_3c (partly) 18, inception_4a..5b 282, fc 2)" in out
-    assert "3D ResNet-18" in out and "unused: 40 keys (conv1 6, res2a..2b 24, res3a (partly) 8, fc8 2)" in out
+    assert ("unused: 302 keys (inception_3c (partly) 18 [inception_3c_3x3_reduce, inception_3c_3x3_reduce_bn, "
+            "inception_3c_3x3, inception_3c_3x3_bn, inception_3c_double_3x3_2, inception_3c_double_3x3_2_bn], "
+            "inception_4a..5b 282, fc 2)") in out
+    assert f"3D ResNet-18 {files['3d']}: 70 ECO tensors loaded" in out
+    assert "unused: 40 keys (conv1 6, res2a..2b 24, res3a (partly) 8 [res3a_1, res3a_1_bn, res3a_down], fc8 2)" in out
     assert cli.main(["model-info", "--variant", "full", "--json", "--init-2d", str(files["2d"])]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["init"]["loaded_2d"] == 69 * 6 and info["init"]["unused_2d"] == {"fc": 2}

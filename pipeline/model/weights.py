@@ -390,6 +390,12 @@ class UnusedGroup:
     partial: bool = False  # the group's other keys are used (ECO-Lite takes 2 of inception_3c's 5 convs)
 
     @property
+    def layers(self) -> tuple[str, ...]:
+        """The Caffe layer names of the keys, in file order."""
+        names = (k.removeprefix("module.").removeprefix("base_model.").partition(".")[0] for k in self.keys)
+        return tuple(dict.fromkeys(names))
+
+    @property
     def label(self) -> str:
         first, last = self.groups[0], self.groups[-1]
         text = first if len(self.groups) == 1 else f"{first}..{last[len(_group_family(last)):]}"  # inception_4a..5b
@@ -433,7 +439,8 @@ class InitReport:
             if source == "3d":
                 lines.extend(f"  {note}" for note in self.sliced)
             if unused:
-                groups = ", ".join(f"{g.label} {len(g.keys)}" for g in unused)
+                groups = ", ".join(f"{g.label} {len(g.keys)}" + (f" [{', '.join(g.layers)}]" if g.partial else "")
+                                   for g in unused)
                 lines.append(f"  unused: {sum(len(g.keys) for g in unused)} keys ({groups})")
         fresh = self.keys_from("fresh")
         counters = [k for k in fresh if k.endswith(".num_batches_tracked")]
