@@ -62,9 +62,14 @@ RESNET3D_STAGES = (("res2", 64, 64), ("res3", 64, 128), ("res4", 128, 256), ("re
 
 
 def resnet3d18_layers() -> list[tuple[str, int, int, tuple[int, ...] | None]]:
-    """(Caffe name, in, out, conv kernel or None for a BatchNorm of `out` channels)."""
+    """(Caffe name, in, out, conv kernel or None for a BatchNorm of `out` channels).
+
+    conv1's kernel and the res3a shortcut (res3a_down) are not used by ECO, so their exact shapes do not matter here;
+    the stride-2 shortcuts res4a_down and res5a_down are 3x3x3 convs without BatchNorm, as in ECO's 3D part.
+    """
     k = (3, 3, 3)
-    layers: list[tuple[str, int, int, tuple[int, ...] | None]] = [("conv1", 3, 64, (3, 7, 7)), ("conv1_bn", 0, 64, None)]
+    layers: list[tuple[str, int, int, tuple[int, ...] | None]] = [("conv1", 3, 64, (3, 7, 7)),
+                                                                   ("conv1_bn", 0, 64, None)]
     for stage, cin, c in RESNET3D_STAGES:
         layers += [(f"{stage}a_1", cin, c, k), (f"{stage}a_1_bn", 0, c, None), (f"{stage}a_2", c, c, k)]
         if cin != c:
@@ -271,7 +276,8 @@ def test_loaded_model_equals_the_files_and_a_model_assembled_by_hand(files: dict
     w = sd3d["module.base_model.res3a_2.weight"]
     assert torch.equal(state["net3d.res3.res3a_2.weight"], w[:, : w.shape[1] * 3 // 4])
     assert torch.equal(state["net3d.res3.res3a_2.weight"], _res3a_2_as_the_authors(w))
-    for key in (k for k in state if k.startswith("net3d.") and not k.endswith(("num_batches_tracked", "res3a_2.weight"))):
+    rest_3d = [k for k in state if k.startswith("net3d.") and not k.endswith(("num_batches_tracked", "res3a_2.weight"))]
+    for key in rest_3d:
         assert torch.equal(state[key], sd3d["module.base_model." + _layer_param(key)]), key
     fresh = ("fc.weight", "fc.bias") + tuple(k for k in state if k.endswith("num_batches_tracked"))
     _assert_fresh_by_the_authors_rule(model, fresh)
@@ -403,7 +409,8 @@ def test_kinetics_recipe_starts_from_both_files_and_training_passes_them(files: 
     cfg = cfg.replace({"model.num_segments": 4, "model.init_2d": str(files["2d"]), "model.init_3d": str(files["3d"])})
     model = _build_model(cfg, num_classes=3)
     assert torch.equal(model.net3d.res4.res4a_down.weight, files["sd3d"]["module.base_model.res4a_down.weight"])
-    assert torch.equal(model.net2d.inception_b.inception_3b_pool_proj_bn.bias, files["sd2d"]["inception_3b_pool_proj_bn.bias"])
+    assert torch.equal(model.net2d.inception_b.inception_3b_pool_proj_bn.bias,
+                       files["sd2d"]["inception_3b_pool_proj_bn.bias"])
 
 
 def test_bare_state_dicts_are_read_and_other_files_are_named(tmp_path: Path) -> None:
