@@ -383,7 +383,7 @@ _RESNET3D_GROUPS = ("conv1", "res2a", "res2b", "res3a", "res3b", "res4a", "res4b
 
 @dataclass(frozen=True)
 class UnusedGroup:
-    """Keys of an init file that ECO does not take, by layer group (e.g. inception_4a..5b, 84 keys)."""
+    """Keys of an init file that ECO does not take, by layer group (e.g. inception_4a..5b)."""
 
     groups: tuple[str, ...]  # consecutive groups of the file's network, e.g. ("inception_4a", ..., "inception_5b")
     keys: tuple[str, ...]  # the file's key names
