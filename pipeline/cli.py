@@ -22,11 +22,14 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-    from pipeline.model.info import model_info
+    from pipeline.model.info import init_info, model_info
 
     info = model_info(args.variant, num_segments=args.segments, size=args.size, num_classes=args.classes)
+    init = None
+    if args.init_2d or args.init_3d:
+        init = init_info(args.variant, num_classes=args.classes, init_2d=args.init_2d, init_3d=args.init_3d)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps({**info, "init": init.to_dict()} if init else info, indent=2))
         return 0
     print(f"ECO-{info['variant'].capitalize()}  {info['num_segments']} segments at {info['size']}x{info['size']}, "
           f"{info['num_classes']} classes")
@@ -34,6 +37,9 @@ def cmd_model_info(args: argparse.Namespace) -> int:
           f"head {info['params_head']:,})")
     print(f"  forward      {info['gmacs']:.1f} GMACs per clip")
     print(f"  output       {tuple(info['output_shape'])}")
+    if init is not None:
+        print("starting point (the authors': 2D BN-Inception + 3D ResNet-18 files)")
+        print("\n".join(f"  {line}" for line in init.describe().splitlines()))
     return 0
 
 
@@ -129,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--classes", type=int, default=400)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--init-2d", default=None, metavar="FILE",
+                   help="TSN's BN-Inception file (path or URI): print which ECO tensors it provides and what is unused")
+    p.add_argument("--init-3d", default=None, metavar="FILE",
+                   help="the Kinetics 3D ResNet-18 file (path or URI), likewise")
     p.set_defaults(func=cmd_model_info)
 
     p = sub.add_parser("prepare", help="probe videos and write a Parquet manifest (or synthetic data / frame shards)")

@@ -29,10 +29,21 @@ class ModelConfig:
     dropout: float = 0.3
     # Path or URI of the authors' checkpoint or one of ours; None trains from scratch.
     pretrained: str | None = None
+    # Instead of `pretrained`, start where the authors' Kinetics training started (docs/model.md, issue 14): the 2D
+    # trunk from TSN's BN-Inception file (bninception_rgb_kinetics_init-d4ee618d3399.pth) and the 3D part from a
+    # Kinetics 3D ResNet-18 (C3DResNet18_rgb_16F_kinetics_v1.pth.tar); paths or URIs, each optional. The classifier
+    # and any part without a file start fresh by the authors' rule.
+    init_2d: str | None = None
+    init_3d: str | None = None
 
     def validate(self) -> None:
         _check(self.num_segments >= 1, "model.num_segments", "must be >= 1")
         _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        for key, value in (("model.init_2d", self.init_2d), ("model.init_3d", self.init_3d)):
+            _check(value is None or self.pretrained is None, key,
+                   "cannot be combined with model.pretrained (a whole ECO checkpoint already sets every weight): "
+                   "set one of them to null")
+            _check(value is None or bool(value), key, "must be a path or URI, or null")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 from pipeline.model.eco import ECO, VARIANTS, eco_full, eco_lite
 from pipeline.model.weights import (
     CheckpointError,
+    InitReport,
     LoadReport,
+    load_init_weights,
     load_weights,
     model_from_checkpoint,
     official_to_project,
@@ -15,9 +17,11 @@ __all__ = [
     "ECO",
     "VARIANTS",
     "CheckpointError",
+    "InitReport",
     "LoadReport",
     "eco_full",
     "eco_lite",
+    "load_init_weights",
     "load_weights",
     "model_from_checkpoint",
     "official_to_project",

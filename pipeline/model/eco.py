@@ -119,33 +119,51 @@ def _init_weights(m: nn.Module) -> None:
 
 
 def _build(variant: Variant, num_classes: int, num_segments: int, dropout: float,
-           pretrained: str | os.PathLike | None) -> ECO:
+           pretrained: str | os.PathLike | None, init_2d: str | os.PathLike | None,
+           init_3d: str | os.PathLike | None) -> ECO:
+    if pretrained is not None and (init_2d is not None or init_3d is not None):
+        # A whole ECO checkpoint already holds every tensor; the 2D/3D files are for starting without one.
+        raise ValueError("pretrained (a whole ECO checkpoint) cannot be combined with init_2d/init_3d (the authors' "
+                         "separate 2D and 3D starting files): give one or the other")
     model = ECO(variant=variant, num_classes=num_classes, num_segments=num_segments, dropout=dropout)
+    # weights.py builds models too: import it here.
     if pretrained is not None:
-        from pipeline.model.weights import load_weights  # weights.py builds models too: import here
+        from pipeline.model.weights import load_weights
 
         report = load_weights(model, pretrained)
         logger.info("%s", report.describe())
+    elif init_2d is not None or init_3d is not None:
+        from pipeline.model.weights import load_init_weights
+
+        report = load_init_weights(model, init_2d=init_2d, init_3d=init_3d)
+        logger.info("ECO-%s initialised as the authors did:\n%s", variant.capitalize(), report.describe())
     return model
 
 
 def eco_lite(*, num_classes: int = 400, num_segments: int = 16, dropout: float = 0.3,
-             pretrained: str | os.PathLike | None = None) -> ECO:
+             pretrained: str | os.PathLike | None = None, init_2d: str | os.PathLike | None = None,
+             init_3d: str | os.PathLike | None = None) -> ECO:
     """ECO-Lite: 37,503,856 parameters at 400 classes.
 
     `pretrained`: the authors' checkpoint (`ECO_Lite_rgb_model_Kinetics.pth.tar` layout) or one of this project's
     (a directory with checkpoint.pt, or the file). Loading is strict; with a different `num_classes` the backbone
     loads and only the classifier is re-initialised (logged as a warning). Dropout 0.3 is the authors' Kinetics
     setting (0.6 for UCF101 fine-tuning).
+
+    `init_2d` / `init_3d` (instead of `pretrained`): start where the authors' Kinetics training started, from TSN's
+    BN-Inception file for the 2D trunk and a Kinetics 3D ResNet-18 file for the 3D part; every other tensor (the
+    classifier always) is initialised fresh by the authors' rule. See `pipeline.model.weights.load_init_weights`.
     """
-    return _build("lite", num_classes, num_segments, dropout, pretrained)
+    return _build("lite", num_classes, num_segments, dropout, pretrained, init_2d, init_3d)
 
 
 def eco_full(*, num_classes: int = 400, num_segments: int = 16, dropout: float = 0.3,
-             pretrained: str | os.PathLike | None = None) -> ECO:
+             pretrained: str | os.PathLike | None = None, init_2d: str | os.PathLike | None = None,
+             init_3d: str | os.PathLike | None = None) -> ECO:
     """ECO-Full: ECO-Lite plus the per-frame BN-Inception stream; 47,502,128 parameters at 400 classes.
 
     `pretrained` as in `eco_lite` (the authors' ECOfull checkpoints: `module.base_model.*` + `module.new_fc.*`
-    with 1536 inputs).
+    with 1536 inputs). `init_2d` / `init_3d` as in `eco_lite`; the second 2D stream (the rest of BN-Inception)
+    takes its weights from the same 2D file.
     """
-    return _build("full", num_classes, num_segments, dropout, pretrained)
+    return _build("full", num_classes, num_segments, dropout, pretrained, init_2d, init_3d)

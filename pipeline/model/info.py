@@ -1,4 +1,5 @@
-"""`eco model-info`: parameter counts, forward GMACs per clip and output shape of ECO-Lite / ECO-Full."""
+"""`eco model-info`: parameter counts, forward GMACs per clip and output shape of ECO-Lite / ECO-Full, and where
+each tensor comes from when starting from the authors' 2D and 3D files."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.model.eco import ECO, VARIANTS
+from pipeline.model.weights import InitReport, init_report
 
 
 def model_info(variant: str = "lite", num_segments: int = 16, size: int = 224,
@@ -43,3 +45,15 @@ def model_info(variant: str = "lite", num_segments: int = 16, size: int = 224,
         "gmacs": counter.get_total_flops() / 2 / 1e9,
         "output_shape": list(logits.shape),
     }
+
+
+def init_info(variant: str = "lite", num_classes: int = 400, *, init_2d: str | None = None,
+              init_3d: str | None = None) -> InitReport:
+    """Where each ECO tensor would come from when starting from the authors' 2D and 3D files (`eco model-info
+    --init-2d F --init-3d G`): the files are read and checked key by key against a meta-device model; nothing is
+    trained or allocated. Raises CheckpointError naming the key and file on a missing or mis-shaped tensor."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    with torch.device("meta"):
+        model = ECO(variant=variant, num_classes=num_classes, num_segments=16, dropout=0.0)
+    return init_report(model, init_2d=init_2d, init_3d=init_3d)[1]

@@ -174,9 +174,10 @@ def _build_model(cfg: Config, num_classes: int) -> nn.Module:
 
     builder = {"lite": eco_lite, "full": eco_full}[cfg.model.variant]
     # The builder loads `pretrained` strictly and re-initialises only the classifier when the class count differs
-    # (pipeline.model.weights.load_weights); every rank loads it, so DDP starts from identical weights.
+    # (pipeline.model.weights.load_weights), or starts from the authors' 2D + 3D files (`init_2d`/`init_3d`,
+    # load_init_weights); every rank loads them after the same seed, so DDP starts from identical weights.
     return builder(num_classes=num_classes, num_segments=cfg.model.num_segments, dropout=cfg.model.dropout,
-                   pretrained=cfg.model.pretrained)
+                   pretrained=cfg.model.pretrained, init_2d=cfg.model.init_2d, init_3d=cfg.model.init_3d)
 
 
 def _reduce_timing(result: engine.EpochResult, device) -> dict[str, float]:

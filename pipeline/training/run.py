@@ -156,7 +156,8 @@ def _absolute_paths(cfg: Config) -> Config:
     """Workers do not share the driver's working directory: make local paths absolute."""
     overrides: dict[str, Any] = {}
     for key, value in (("checkpoint.storage_path", cfg.checkpoint.storage_path), ("data.manifest", cfg.data.manifest),
-                       ("model.pretrained", cfg.model.pretrained), ("wandb.dir", cfg.wandb.dir)):
+                       ("model.pretrained", cfg.model.pretrained), ("model.init_2d", cfg.model.init_2d),
+                       ("model.init_3d", cfg.model.init_3d), ("wandb.dir", cfg.wandb.dir)):
         if value and "://" not in value and not os.path.isabs(value):
             overrides[key] = str(Path(value).absolute())
     return cfg.replace(overrides) if overrides else cfg
