@@ -65,13 +65,13 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
                                       prefetch_batches=cfg.data.prefetch_batches, drop_last=drop_last)
         return map(hook, it) if hook is not None else it
 
-    # --- model: pretrained weights load on every rank before the DDP wrap -------------------------------------
-    model = _build_model(cfg, num_classes=len(label_names))
-
-    # --- resume: the latest reported checkpoint (after a worker failure or a resubmission of the same run) ------
+    # --- model and resume: the latest reported checkpoint (after a worker failure or a resubmission of the same
+    # run) replaces every weight, so the starting weights (model.pretrained / init_2d / init_3d) are read only for a
+    # fresh run; otherwise each rank loads them before the DDP wrap ------------------------------------------------
+    checkpoint = ray.train.get_checkpoint()
+    model = _build_model(cfg, num_classes=len(label_names), starting_weights=checkpoint is None)
     start_epoch, step, resumed_from, best_val = 0, 0, None, -1.0
     state = None
-    checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = ckpt.load_checkpoint(directory)
@@ -169,15 +169,16 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
 # --- helpers ---------------------------------------------------------------------------------------------------
 
 
-def _build_model(cfg: Config, num_classes: int) -> nn.Module:
+def _build_model(cfg: Config, num_classes: int, *, starting_weights: bool = True) -> nn.Module:
     from pipeline.model import eco_full, eco_lite
 
     builder = {"lite": eco_lite, "full": eco_full}[cfg.model.variant]
     # The builder loads `pretrained` strictly and re-initialises only the classifier when the class count differs
     # (pipeline.model.weights.load_weights), or starts from the authors' 2D + 3D files (`init_2d`/`init_3d`,
     # load_init_weights); every rank loads them after the same seed, so DDP starts from identical weights.
-    return builder(num_classes=num_classes, num_segments=cfg.model.num_segments, dropout=cfg.model.dropout,
-                   pretrained=cfg.model.pretrained, init_2d=cfg.model.init_2d, init_3d=cfg.model.init_3d)
+    m = cfg.model
+    weights = {"pretrained": m.pretrained, "init_2d": m.init_2d, "init_3d": m.init_3d} if starting_weights else {}
+    return builder(num_classes=num_classes, num_segments=m.num_segments, dropout=m.dropout, **weights)
 
 
 def _reduce_timing(result: engine.EpochResult, device) -> dict[str, float]:
