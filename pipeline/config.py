@@ -62,7 +62,7 @@ class DataConfig:
     crop_size: int = 224
     # Normalisation preset applied on the trainer's device: "eco" matches the authors' weights (BGR, 0-255,
     # mean B104 G117 R128); see pipeline.data.transforms.NORMALIZATION_PRESETS.
-    normalization: str = "eco"
+    normalization: Literal["eco", "imagenet", "unit"] = "eco"
     # Training augmentation: the TSN/ECO multi-scale crop + horizontal flip. Direction-of-motion tasks (the
     # synthetic one) must turn the flip off: a flipped "left to right" clip is a "right to left" clip.
     multiscale_crop: bool = True
@@ -285,15 +285,28 @@ def _split_override(item: str) -> tuple[str, Any]:
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """`section.key=value`, or deeper into a mapping field: `data.decode_resources.decode_node=0.01` sets one entry
+    of `data.decode_resources` (entries of mapping fields may be new; every other level must exist)."""
     parts = key.split(".")
-    if len(parts) != 2:
+    if len(parts) < 2:
         raise ConfigError(f"override {key!r}: expected section.key (sections: {', '.join(data)})")
-    section, name = parts
+    section, name, rest = parts[0], parts[1], parts[2:]
     if section not in data:
         raise ConfigError(f"unknown config section {section!r} in {key!r}; valid: {', '.join(data)}")
     if name not in data[section]:
-        raise ConfigError(f"unknown config key {key!r}; valid: {', '.join(section + '.' + k for k in data[section])}")
-    data[section][name] = value
+        raise ConfigError(f"unknown config key {section}.{name!r}; valid: "
+                          f"{', '.join(section + '.' + k for k in data[section])}")
+    if not rest:
+        data[section][name] = value
+        return
+    target = data[section][name]
+    if not isinstance(target, dict):
+        raise ConfigError(f"override {key!r}: {section}.{name} is not a mapping, so it has no sub-keys")
+    for part in rest[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a mapping")
+    target[rest[-1]] = value
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:

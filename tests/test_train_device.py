@@ -5,7 +5,7 @@
 - Every rank evaluates with rank 0's BatchNorm statistics, the ones the checkpoint saves: the validation loss during
   training equals a single-process evaluation of the saved checkpoint.
 - Ranks draw from distinct, reproducible torch seeds.
-- bf16 autocast + channels_last + torch.compile (inductor) + partial BN train through the worker, and the compiled
+- bf16 autocast + channels_last + torch.compile (aot_eager) + partial BN train through the worker, and the compiled
   bf16 evaluation agrees with an fp32 eager evaluation of the saved checkpoint.
 - A max_steps stop inside an epoch records the epoch as incomplete; the resumed run trains that epoch again, and
   the best validation top-1 survives the resume.
@@ -61,7 +61,10 @@ def test_resident_batches_rank0_bn_statistics_and_rank_seeds(tiny_data, tmp_path
 
 def test_amp_channels_last_compile_partial_bn_through_the_worker(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, tmp_path / "runs", "tiny-compiled", "scaling.num_workers=1", "train.batch_size=4",
-                      "train.amp=true", "train.channels_last=true", "train.compile=true", "train.batchnorm=partial",
+                      "train.amp=true", "train.channels_last=true", "train.compile=true",
+                      # aot_eager: dynamo + AOT autograd in the worker without minutes of C++ compilation of ECO on
+                      # 2 cores (inductor itself: tests/test_engine.py)
+                      "train.compile_backend=aot_eager", "train.batchnorm=partial",
                       "model.dropout=0.0")
     result = train(cfg)
     state = load_checkpoint(result.latest_checkpoint)

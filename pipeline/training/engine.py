@@ -78,10 +78,12 @@ def prepare_model(model: nn.Module, device: torch.device, *, channels_last: bool
     freeze_bn_affine(model, bn_policy)
     model = model.to(device)
     if channels_last:
-        if hasattr(model, "to_channels_last"):
-            model.to_channels_last()  # 2D convs channels_last, 3D convs channels_last_3d (pipeline.model.eco)
-        else:
-            model.to(memory_format=torch.channels_last)
+        # 2D conv weights channels_last, 3D conv weights channels_last_3d (`Module.to(memory_format=...)` alone
+        # fails on a model with both); ECO.to_channels_last does the same per sub-network.
+        for p in model.parameters():
+            if p.dim() in (4, 5):
+                p.data = p.data.contiguous(memory_format=torch.channels_last if p.dim() == 4
+                                           else torch.channels_last_3d)
     if compile:
         check_compile_available(device, compile_backend)
         # In place: the module keeps its parameter names (no `_orig_mod.` prefix in state dicts), and DDP wraps
