@@ -140,7 +140,7 @@ def run_checks(device_name: str, s: CheckSettings, *, with_ray: bool = True) -> 
         gmacs = model_info("lite", num_segments=s.segments, size=s.size, num_classes=s.classes)["gmacs"]
         clips_per_s = last.clips / max(last.wait_s + last.compute_s, 1e-9)  # the last epoch: compiled already
         wait = last.wait_s / max(last.wait_s + last.compute_s, 1e-9)
-        check.figures.update({"clips/s": round(clips_per_s, 1), "data wait": f"{wait:.1%}",
+        check.figures.update({"clips/s": float(f"{clips_per_s:.3g}"), "data wait": f"{wait:.1%}",
                               "loss": f"{losses[0]:.3f} -> {losses[-1]:.3f}"})
         if cuda:
             from pipeline.bench.gpu import _peak
