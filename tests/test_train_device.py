@@ -52,6 +52,7 @@ def test_resident_batches_rank0_bn_statistics_and_rank_seeds(tiny_data, tmp_path
     # Both ranks scored the validation clips with the checkpoint's statistics: same loss as one process.
     report = evaluate(result.latest_checkpoint, tiny_data, out_dir=tmp_path / "eval")
     assert report["videos"] == TINY_VAL and report["views"] == TINY_VAL
+    assert report["model_actors"] == "1 CPU"  # scored on a Ray Data model actor, not on the driver
     assert report["loss"] == pytest.approx(m["val_loss"], rel=1e-4, abs=1e-6)
     assert report["top1"] == pytest.approx(m["val_top1"])
 
@@ -70,6 +71,7 @@ def test_amp_channels_last_compile_partial_bn_through_the_worker(tiny_data, tmp_
     state = load_checkpoint(result.latest_checkpoint)
     m = state["metrics"]
     assert state["step"] == 3 and math.isfinite(m["train_loss"]) and math.isfinite(m["val_loss"])
+    assert m["compiled_graphs"] >= 1  # train.compile is honoured: dynamo captured the model
     # Checkpoint keys are the model's own (compiled in place: no `_orig_mod.` prefix).
     assert not any("_orig_mod" in k or k.startswith("module.") for k in state["model"])
 

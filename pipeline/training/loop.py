@@ -137,6 +137,11 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
         else:
             metrics["decode_failures"] = metrics["decode_failures_total"] = 0.0
         metrics["epoch_time_s"] = time.perf_counter() - t0
+        if t.compile:
+            # Graphs dynamo captured so far in this worker: > 0 shows the model really runs compiled.
+            from torch._dynamo.utils import counters
+
+            metrics["compiled_graphs"] = float(counters["stats"]["unique_graphs"])
         if resumed_from is not None:
             metrics["resumed_from_epoch"] = float(resumed_from)
         best_val = max(best_val, metrics["val_top1"])
