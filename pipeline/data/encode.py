@@ -1,6 +1,8 @@
-"""Video writing with PyAV: the only module that imports `av`.
+"""FFmpeg through PyAV: the only module that imports `av`.
 
-Used by the synthetic dataset, the decode benchmark and the tests (which write the real videos they decode).
+Writing videos (the synthetic dataset, the decode benchmark and the tests, which write the real videos they decode),
+header facts (`stream_info`) and the primitives of the PyAV decode backend (`iter_frames`), which
+pipeline.data.decode composes for files decord 0.6 cannot decode (AV1, issue 13).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ CODECS: dict[str, str] = {
     "mpeg4": "yuv420p",
     "libvpx-vp9": "yuv420p",
     "libvpx": "yuv420p",
+    "libsvtav1": "yuv420p",  # AV1 (YouTube's current codec), which decord 0.6 cannot decode (issue 13)
 }
 
 
@@ -41,6 +44,7 @@ def write_video(
     bitrate: int | None = None,
     preset: str = "veryfast",
     bframes: int | None = None,
+    rotation: int = 0,
 ) -> Path:
     """Write uint8 RGB frames (F, H, W, 3) to `path` (the container follows the extension: .mp4, .avi, .webm, .mkv).
 
@@ -49,7 +53,8 @@ def write_video(
     `gop` is the keyframe interval (None: the encoder's default, 250 for x264). `crf` sets constant quality for
     libx264/libvpx-vp9 (default 18 for x264, 32 for VP9); `bitrate` (bits/s) is used for mpeg4 or when given.
     `bframes`=0 disables B-frames (x264), which makes decode order equal presentation order.
-    4:2:0 encoders need even frame sizes.
+    4:2:0 encoders need even frame sizes. `rotation` (0, 90, 180, 270; counter-clockwise, as FFmpeg reads it back)
+    writes a display matrix, as phones do for portrait video: the frames are stored as given and shown rotated.
     """
     path = Path(path)
     if isinstance(frames, np.ndarray):
@@ -86,12 +91,17 @@ def write_video(
         options["b"] = "0"
         options["deadline"] = "realtime"
         options["cpu-used"] = "8"
+    elif codec == "libsvtav1":
+        # The fastest preset: tests need tiny files quickly, not compression.
+        options["preset"] = "12"
     rate = Fraction(fps).limit_denominator(1001)
     try:
         with av.open(str(path), mode="w") as container:
             stream = container.add_stream(codec, rate=rate, options=options)
             stream.width, stream.height = width, height
             stream.pix_fmt = CODECS[codec]
+            if rotation % 360:
+                stream.set_display_rotation(int(rotation))
             if gop is not None:
                 stream.codec_context.gop_size = int(gop)
             if bitrate is not None or codec in ("mpeg4", "libvpx"):
@@ -188,7 +198,7 @@ def decode_all_pyav(path: str | Path) -> np.ndarray:
     """
     frames = []
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = container.streams.best("video")
         for packet in container.demux(stream):
             try:
                 decoded = packet.decode()
@@ -201,27 +211,136 @@ def decode_all_pyav(path: str | Path) -> np.ndarray:
     return np.stack(frames)
 
 
-def stream_info(source) -> dict | None:
-    """Header facts of the first video stream of a path or binary file-like object, read with FFmpeg (PyAV).
+def write_streams(path: str | Path, streams: list[np.ndarray], fps: float) -> Path:
+    """Write one H.264 video stream per uint8 (F, H, W, 3) array into one container (e.g. a camera's main and preview
+    streams, or a picture-in-picture recording): a multi-stream file for tests. Even sizes only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), mode="w") as container:
+        outs = []
+        for frames in streams:
+            stream = container.add_stream("libx264", rate=rate, options={"preset": "veryfast", "crf": "18"})
+            stream.height, stream.width = frames.shape[1:3]
+            stream.pix_fmt = "yuv420p"
+            outs.append(stream)
+        for i in range(max(len(f) for f in streams)):
+            for stream, frames in zip(outs, streams):
+                if i < len(frames):
+                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
+                    for packet in stream.encode(frame):
+                        container.mux(packet)
+        for stream in outs:
+            for packet in stream.encode(None):
+                container.mux(packet)
+    return path
 
-    Returns {"codec", "width", "height", "fps", "frames"} ("frames" is the container's claim, 0 when unknown), or
-    None when the container holds no video stream (an audio-only file). Raises av.FFmpegError subclasses (as
-    `ValueError`/`OSError`) when FFmpeg cannot open the container. decode.probe uses it for what decord does not
-    expose (codec name, stream presence, native size).
+
+# Packets to read for the first decodable frame (its display matrix) before giving up: covers the undecodable head
+# of a mid-GOP cut (at most a GOP of packets, usually far fewer).
+_ROTATION_PACKETS = 300
+
+
+def _rotation(container, stream) -> int:
+    """The display rotation (0, 90, 180, 270; counter-clockwise) of `stream`, from its first decodable frame.
+
+    FFmpeg exposes the display matrix on decoded frames (PyAV has no stream-level getter); phones store portrait
+    video as landscape frames plus a 90 or 270 degree display rotation.
+    """
+    for n, packet in enumerate(container.demux(stream)):
+        if n >= _ROTATION_PACKETS:
+            break
+        try:
+            frames = packet.decode()
+        except av.FFmpegError:
+            continue  # a packet whose references are missing (mid-GOP cut)
+        for frame in frames:
+            return int(round(frame.rotation / 90.0)) * 90 % 360
+    return 0
+
+
+def stream_info(source) -> dict | None:
+    """Header facts of the video stream FFmpeg picks (av_find_best_stream, as decord does) of a path or binary
+    file-like object.
+
+    Returns {"codec", "width", "height" (as displayed: swapped for a 90/270 degree display rotation), "coded_width",
+    "coded_height", "rotation", "fps", "frames" (the container's claim, 0 when unknown), "index" (the stream's index
+    among the video streams), "video_streams" (codec and coded size of every video stream)}, or
+    None when the container holds no video stream (an audio-only file). Raises `ValueError` when FFmpeg cannot open
+    the container. decode.probe uses it for what decord does not expose (codec name, stream presence, rotation).
     """
     try:
         with av.open(source, mode="r") as container:
             if not container.streams.video:
                 return None
-            stream = container.streams.video[0]
+            stream = container.streams.best("video") or container.streams.video[0]
             ctx = stream.codec_context
             rate = stream.average_rate or stream.guessed_rate or 0
-            return {
-                "codec": ctx.name or "unknown",
-                "width": int(ctx.width),
-                "height": int(ctx.height),
+            facts = {
+                # The codec, not the decoder FFmpeg chose for it ("av1", not "libdav1d").
+                "codec": getattr(ctx.codec, "canonical_name", None) or ctx.name or "unknown",
+                "coded_width": int(ctx.width),
+                "coded_height": int(ctx.height),
                 "fps": float(rate) if rate else 0.0,
                 "frames": int(stream.frames or 0),
+                "index": list(container.streams.video).index(stream),
+                "video_streams": [{"codec": getattr(s.codec_context.codec, "canonical_name", None) or "unknown",
+                                   "coded_width": int(s.codec_context.width),
+                                   "coded_height": int(s.codec_context.height)} for s in container.streams.video],
             }
+            facts["rotation"] = _rotation(container, stream)
     except av.FFmpegError as e:
         raise ValueError(f"FFmpeg cannot open the container: {e}") from e
+    swap = facts["rotation"] in (90, 270)
+    facts["width"], facts["height"] = ((facts["coded_height"], facts["coded_width"]) if swap
+                                       else (facts["coded_width"], facts["coded_height"]))
+    return facts
+
+
+def iter_frames(source, *, stream_index: int | None = None, size: tuple[int, int] | None = None,
+                num_threads: int = 1):
+    """Yield the presentable frames of a video stream in presentation order as uint8 RGB (H, W, 3), in display
+    orientation (the display matrix applied): the PyAV decode backend.
+
+    `stream_index`: among the video streams (None: the one FFmpeg picks, as `stream_info`). `size`: the output
+    (width, height) in display orientation (None: native); scaled by FFmpeg's swscale before the rotation.
+    Packets FFmpeg rejects (missing references after a mid-GOP cut) are skipped, as a player would; so the
+    numbering is FFmpeg's presentable frames, the same as decord's sequential decoding of such files.
+    Raises `ValueError` when the container cannot be opened and `RuntimeError` for a stream that fails mid-way.
+    """
+    try:
+        container = av.open(source, mode="r")
+    except av.FFmpegError as e:
+        raise ValueError(f"FFmpeg cannot open the container: {e}") from e
+    with container:
+        streams = container.streams.video
+        if not streams:
+            raise ValueError("the container holds no video stream")
+        stream = streams[stream_index] if stream_index is not None else (container.streams.best("video")
+                                                                          or streams[0])
+        stream.codec_context.thread_count = int(num_threads)
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.InvalidDataError:
+                continue
+            except av.FFmpegError as e:
+                raise RuntimeError(f"FFmpeg failed decoding a packet: {e}") from e
+            for frame in frames:
+                yield _display_array(frame, size)
+
+
+def _display_array(frame, size: tuple[int, int] | None) -> np.ndarray:
+    """One decoded frame -> uint8 RGB (H, W, 3) in display orientation, scaled to `size` (display width, height)."""
+    turns = int(round(frame.rotation / 90.0)) % 4  # counter-clockwise quarter turns (np.rot90's convention)
+    if size is None:
+        array = frame.to_ndarray(format="rgb24")
+    else:
+        width, height = int(size[0]), int(size[1])
+        if turns % 2:  # scale in the coded orientation: the display's width is the coded height
+            width, height = height, width
+        # Bilinear: cheap, and the transforms resize and crop again downstream.
+        array = frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
+    if turns:
+        array = np.ascontiguousarray(np.rot90(array, k=turns))
+    return array
