@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import multiprocessing
 import multiprocessing.spawn
@@ -296,7 +297,7 @@ def _count_presentable(frames) -> tuple[int, int]:
     """(frames that decode, frames decord yielded): a trailing run of byte-identical frames counts once.
 
     decord pads the end of an over-reported stream with copies of the last real frame. A real video ending in
-    identical frames (a still) loses only copies of the same image, so sampling is unaffected.
+    identical frames (a still) would lose them: `probe` asks PyAV for the true count when the two differ.
     """
     total, last_distinct, previous = 0, 0, None
     for frame in frames:
@@ -384,6 +385,17 @@ def _probe_decord(path: str, source, head: bytes, info: dict[str, Any], *, exact
             num_frames, yielded = _count_presentable(_iter_sequential(make_reader, mid_gop))
         except Exception as e:  # DECORDError mid-stream: a damaged file
             raise DecodeError(path, "decode_error", f"decoding failed: {_short(e)}") from e
+        if yielded > num_frames:
+            # A trailing run of identical frames: decord's padding of an over-reported end, or real content (a
+            # still, a fade to black, a static screen: a fully static video would count 1 frame). FFmpeg through
+            # PyAV yields no padding: its count of presentable frames settles which (only for such files).
+            try:
+                presentable = sum(1 for _ in iter_frames(_av_input(source), size=_COUNT_SIZE,
+                                                         num_threads=num_threads))
+            except (ValueError, RuntimeError) as e:
+                log.debug("%s: PyAV cannot count the frames (%s); keeping %d", path, _short(e), num_frames)
+            else:
+                num_frames = max(num_frames, min(yielded, presentable))
         if num_frames != reported:
             log.debug("%s: decord reports %d frames, %d decode (%d yielded)", path, reported, num_frames, yielded)
     else:
@@ -473,6 +485,7 @@ def _decode_pyav(path: str, source, head: bytes, idx: np.ndarray, *, short_side:
     presentable frames, the numbering the probe counted) on every file, at the price of random access. It serves
     the files decord cannot decode; decord stays the backend where it works.
     """
+    stream_size = size
     if size is None:
         info = _stream_info(path, source, head)
         size = (info["width"], info["height"])
@@ -484,7 +497,7 @@ def _decode_pyav(path: str, source, head: bytes, idx: np.ndarray, *, short_side:
     kept: dict[int, np.ndarray] = {}
     last = None
     frames = iter_frames(_av_input(source), size=None if (out_w, out_h) == (width, height) else (out_w, out_h),
-                         num_threads=num_threads)
+                         stream_size=stream_size, num_threads=num_threads)
     try:
         for position, frame in enumerate(frames):
             last = frame
@@ -598,7 +611,7 @@ def decode_stream_chunk(path: str, start: int, count: int, *, short_side: int | 
     if _STREAM.get("key") != key or _STREAM.get("next") != start:
         _STREAM.clear()
         source, head = _read_source(path)
-        out_h, out_w, _, reader_size = _output_size(path, source, head, size, short_side)
+        out_h, out_w, dec_w, reader_size = _output_size(path, source, head, size, short_side)
         if backend != "pyav":
             try:
                 mid_gop = _is_mid_gop(_open(path, source, head, num_threads=num_threads, **reader_size))
@@ -607,10 +620,20 @@ def decode_stream_chunk(path: str, start: int, count: int, *, short_side: int | 
                     raise
                 backend = "pyav"  # auto: decord cannot open it
         if backend == "pyav":
-            frames = iter_frames(_av_input(source), size=(out_w, out_h), num_threads=num_threads)
+            frames = iter_frames(_av_input(source), size=(out_w, out_h), stream_size=size, num_threads=num_threads)
         else:
             frames = _iter_sequential(lambda: _open(path, source, head, num_threads=num_threads, **reader_size),
                                       mid_gop)
+            first = next(frames, None)
+            if first is not None and first.shape[:2] != (out_h, dec_w):
+                # Another stream than the one `size` describes (multi-stream files): decord cannot pick streams.
+                if backend == "decord":
+                    raise DecodeError(path, "decode_error", f"decord returned frames of shape {first.shape}, "
+                                                            f"expected {(out_h, dec_w, 3)}")
+                frames = iter_frames(_av_input(source), size=(out_w, out_h), stream_size=size,
+                                     num_threads=num_threads)
+            elif first is not None:
+                frames = itertools.chain([first], frames)
         _STREAM.update(key=key, frames=frames, next=0, shape=(out_h, out_w))
         for _ in range(start):
             if next(frames, None) is None:
@@ -642,6 +665,12 @@ def _output_size(path: str, source, head: bytes, size: tuple[int, int] | None, s
     if size is None:
         info = _stream_info(path, source, head)
         size = (info["width"], info["height"])
+        if len(info["video_streams"]) > 1:  # decord's FFmpeg may pick another stream than PyAV's: ask decord
+            try:
+                height, width = _open(path, source, head, num_threads=1).next().shape[:2]
+                size = (width, height)
+            except StopIteration:
+                pass
     width, height = int(size[0]), int(size[1])
     out_h, out_w = scaled_size(height, width, short_side)
     # decord corrupts frames of some widths: decode one pixel wider and resize back (see DECORD_BAD_WIDTHS).

@@ -29,6 +29,11 @@ CODECS: dict[str, str] = {
 }
 
 
+def available_codecs() -> frozenset[str]:
+    """Codec names (encoders and decoders) of PyAV's FFmpeg build: what tests can write, e.g. "libsvtav1"."""
+    return frozenset(av.codecs_available)
+
+
 class EncodeError(RuntimeError):
     """Writing a video failed; names the output path."""
 
@@ -297,12 +302,14 @@ def stream_info(source) -> dict | None:
     return facts
 
 
-def iter_frames(source, *, stream_index: int | None = None, size: tuple[int, int] | None = None,
-                num_threads: int = 1):
+def iter_frames(source, *, stream_index: int | None = None, stream_size: tuple[int, int] | None = None,
+                size: tuple[int, int] | None = None, num_threads: int = 1):
     """Yield the presentable frames of a video stream in presentation order as uint8 RGB (H, W, 3), in display
     orientation (the display matrix applied): the PyAV decode backend.
 
-    `stream_index`: among the video streams (None: the one FFmpeg picks, as `stream_info`). `size`: the output
+    `stream_index`: among the video streams (None: the one FFmpeg picks, as `stream_info`); or `stream_size`: the
+    first stream of this (width, height) in either orientation (the stream a manifest row describes; decord's
+    older FFmpeg may pick another "best" stream than PyAV's), else FFmpeg's pick. `size`: the output
     (width, height) in display orientation (None: native); scaled by FFmpeg's swscale before the rotation.
     Packets FFmpeg rejects (missing references after a mid-GOP cut) are skipped, as a player would; so the
     numbering is FFmpeg's presentable frames, the same as decord's sequential decoding of such files.
@@ -316,8 +323,14 @@ def iter_frames(source, *, stream_index: int | None = None, size: tuple[int, int
         streams = container.streams.video
         if not streams:
             raise ValueError("the container holds no video stream")
-        stream = streams[stream_index] if stream_index is not None else (container.streams.best("video")
-                                                                          or streams[0])
+        if stream_index is not None:
+            stream = streams[stream_index]
+        else:
+            stream = container.streams.best("video") or streams[0]
+            if stream_size is not None and len(streams) > 1:
+                wanted = sorted(int(v) for v in stream_size)
+                stream = next((s for s in streams if sorted((s.codec_context.width, s.codec_context.height))
+                               == wanted), stream)
         stream.codec_context.thread_count = int(num_threads)
         for packet in container.demux(stream):
             try:
