@@ -479,3 +479,12 @@ def test_backend_choices_are_validated(vdir):
         decode_frames(path, [0], backend="ffmpeg")
     with pytest.raises(ValueError, match="valid: auto, decord, pyav"):
         probe(path, decoder="torchcodec")
+
+
+def test_data_decoder_config_is_validated():
+    from pipeline.config import ConfigError, load_config
+
+    assert load_config(None, ["data.decoder=pyav"]).data.decoder == "pyav"
+    assert load_config(None).data.decoder == "auto"
+    with pytest.raises(ConfigError, match="data.decoder: expected one of 'auto', 'decord', 'pyav'"):
+        load_config(None, ["data.decoder=ffmpeg"])
