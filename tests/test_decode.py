@@ -488,3 +488,28 @@ def test_data_decoder_config_is_validated():
     assert load_config(None).data.decoder == "auto"
     with pytest.raises(ConfigError, match="data.decoder: expected one of 'auto', 'decord', 'pyav'"):
         load_config(None, ["data.decoder=ffmpeg"])
+
+
+def test_training_decoder_decodes_each_row_with_its_backend(vdir):
+    # The video pipeline's decode stage (run directly, without Ray Data): a rotated H.264 row (decord) and, where an
+    # AV1 encoder exists, an AV1 row (PyAV) from one batch, both upright, the right frames, in the killable child.
+    from pipeline.data.pipeline import _ClipDecoder
+
+    paths = [write_rotated_video(vdir / "train_rot90.mp4", rotation=90, width=48, height=96)]
+    if "libsvtav1" in available_encoders():
+        paths.append(write_video(vdir / "train_av1.mp4", marked_frames(8, 48, 96), 8, codec="libsvtav1"))
+    infos = [probe(p) for p in paths]
+    assert [i.backend for i in infos] == ["decord", "pyav"][:len(paths)]
+    batch = {"video_id": np.array([p.name for p in paths], object), "path": np.array([str(p) for p in paths], object),
+             "label": np.arange(len(paths)), "num_frames": np.array([i.num_frames for i in infos]),
+             "width": np.array([i.width for i in infos]), "height": np.array([i.height for i in infos]),
+             "backend": np.array([i.backend for i in infos], object)}
+    decoder = _ClipDecoder(num_threads=1, timeout_s=60, max_clips_per_process=100, train=False, num_segments=4,
+                           short_side=32, crop_size=32, multiscale=False, flip=False, shuffle_frames=False, seed=0,
+                           crops=3)
+    out = decoder(batch)
+    assert out["clip"].shape == (3 * len(paths), 4, 32, 32, 3)
+    for v in range(len(paths)):
+        top = out["clip"][3 * v]  # crops of a portrait video: top, centre, bottom; the marker is in the top one
+        assert [marker_corner(f) for f in top] == ["top-left"] * 4
+        assert [frame_number(f) for f in top] == eval_indices(8, 4).tolist()
