@@ -124,7 +124,9 @@ class _ClipDecoder(RowClipDecoder):
     clip, not the job; the child lives as long as the Ray worker process, across tasks and epochs.
     """
 
-    columns = _VIDEO_COLUMNS
+    columns = _DECODE_COLUMNS
+    # The probe's backend (manifests written before it existed have none: "auto").
+    optional_columns = ("epoch", "backend")
 
     def __init__(self, *, num_threads: int, timeout_s: float, max_clips_per_process: int,
                  run_state: ray.actor.ActorHandle | None = None, decode_fn: Callable | None = None,
