@@ -76,6 +76,8 @@ def write_video(
         raise EncodeError(f"{path}: expected uint8 RGB frames (H, W, 3), got {first.dtype} {first.shape}")
     if codec not in CODECS:
         raise EncodeError(f"{path}: unsupported codec {codec!r}; valid: {', '.join(CODECS)}")
+    if rotation % 90:
+        raise EncodeError(f"{path}: rotation must be a multiple of 90 degrees, got {rotation}")
     height, width, _ = first.shape
     if height % 2 or width % 2:
         raise EncodeError(f"{path}: {codec}/yuv420p needs even frame sizes, got {width}x{height}")
