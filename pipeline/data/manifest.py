@@ -7,7 +7,8 @@ filesystems understand: s3://, gs://, ...):
   manifest.parquet    one row per accepted video, schema `MANIFEST_SCHEMA`, sorted by (split, label, video_id)
   labels.json         JSON list of class names; `label` in the manifest indexes it
   quarantine.parquet  rejected files: path, reason (a short stable code, see below), detail
-  summary.json        counts (accepted, rejected by reason, per split) and what was written where
+  summary.json        counts (candidates = accepted + rejected, rejected by reason, per split, per decode backend)
+                      and what was written where
 
 The label map is sorted by class name (Python string order), except where the source defines the numbering: the
 UCF101 `classInd.txt` (1-based there, 0-based here), integer labels of a table, or an explicit `labels=` list
