@@ -5,7 +5,7 @@ same run and on the same file:
 - project: pipeline.data.decode.decode_frames (16 TSN training indices, one decord thread, frames scaled to short
   side 256 by decord's converter) + pipeline.data.transforms.train_transform (multi-scale crop to 224 + flip);
 - pyav: the same decode_frames call with backend="pyav" (FFmpeg through PyAV: the backend for files decord cannot
-  decode, e.g. AV1; sequential up to the clip's last index, so it pays for the file up to there);
+  decode, e.g. AV1; seeks to the keyframe before each frame, matched by packet timestamp);
 - naive: decord.VideoReader(path) with default settings (automatic thread count), get_batch of the same indices at
   full resolution, then the same resize + crop (what common loaders do);
 - full decode: every frame of the file decoded sequentially (one thread, at short side 256): the cost of the whole

@@ -52,7 +52,7 @@ import numpy as np
 # Import order matters: decord loads its bundled FFmpeg/libvpx with RTLD_GLOBAL, after which PyAV's libavcodec
 # binds to decord's older libvpx and cannot open the VP9 encoder ("avcodec_open2 returned 22"). Loading PyAV
 # first (through encode, the one PyAV module) keeps both working in one process.
-from pipeline.data.encode import iter_frames, stream_info
+from pipeline.data.encode import frames_at, iter_frames, packet_index, stream_info
 
 import decord  # noqa: E402
 
@@ -74,8 +74,9 @@ DECORD_BAD_WIDTHS = frozenset({2, 3, 4, 6, 8, 12, 16, 24, 48, 72})
 # Size of the frames `probe` decodes to count them: only their identity matters, and scaling in decord's
 # converter makes counting cost little more than the codec.
 _COUNT_SIZE = (64, 64)
-# The decode backends: "decord" (fast random access, the default where it works), "pyav" (FFmpeg through PyAV:
-# every codec of PyAV's FFmpeg, sequential reading), "auto" (decord, PyAV where decord cannot decode the file).
+# The decode backends: "decord" (the default where it works), "pyav" (FFmpeg through PyAV: every codec of PyAV's
+# FFmpeg; seeks by packet timestamps where they stand for the frames, reads sequentially elsewhere), "auto" (decord,
+# PyAV where decord cannot decode the file).
 BACKENDS = ("auto", "decord", "pyav")
 # Codecs decord 0.6's bundled FFmpeg has no decoder for (measured: it fails to find the stream), by FFmpeg name.
 DECORD_UNSUPPORTED_CODECS = {"av1": "AV1 is not supported by decord 0.6's FFmpeg"}
@@ -479,11 +480,12 @@ def decode_frames(
 
 def _decode_pyav(path: str, source, head: bytes, idx: np.ndarray, *, short_side: int | None, num_threads: int,
                  num_frames: int | None, size: tuple[int, int] | None) -> np.ndarray:
-    """The PyAV backend: read frames in presentation order up to max(idx), keep the requested ones.
+    """The PyAV backend: the frames at `idx` in FFmpeg's numbering of presentable frames (the probe's count).
 
-    Sequential from the start, so a clip costs the decode of the video up to its last index: exact (FFmpeg's
-    presentable frames, the numbering the probe counted) on every file, at the price of random access. It serves
-    the files decord cannot decode; decord stays the backend where it works.
+    Random access where the packets stand 1:1 for the probed frames (first packet a keyframe, every packet timed,
+    as many packets as `num_frames`): frame i is the packet with the i-th smallest pts, found by seeking to the
+    keyframe before it and matched by pts. Otherwise (mid-GOP cuts, no probed count) frames are read in
+    presentation order up to max(idx), which is exact on every file at the price of decoding the head of the video.
     """
     stream_size = size
     if size is None:
@@ -493,11 +495,19 @@ def _decode_pyav(path: str, source, head: bytes, idx: np.ndarray, *, short_side:
     out_h, out_w = scaled_size(height, width, short_side)
     if num_frames:
         idx = np.clip(idx, 0, max(int(num_frames) - 1, 0))
+    out_size = None if (out_w, out_h) == (width, height) else (out_w, out_h)
+    if num_frames:
+        out = _decode_pyav_random_access(path, source, idx, num_frames=int(num_frames), stream_size=stream_size,
+                                         out_size=out_size, num_threads=num_threads)
+        if out is not None:
+            if out.shape[1:] != (out_h, out_w, 3):
+                raise DecodeError(path, "decode_error", f"PyAV returned frames of shape {out.shape[1:]}, expected "
+                                                        f"{(out_h, out_w, 3)} (is the manifest's size stale?)")
+            return out
     wanted, last_wanted = set(idx.tolist()), int(idx.max())
     kept: dict[int, np.ndarray] = {}
     last = None
-    frames = iter_frames(_av_input(source), size=None if (out_w, out_h) == (width, height) else (out_w, out_h),
-                         stream_size=stream_size, num_threads=num_threads)
+    frames = iter_frames(_av_input(source), size=out_size, stream_size=stream_size, num_threads=num_threads)
     try:
         for position, frame in enumerate(frames):
             last = frame
@@ -518,6 +528,41 @@ def _decode_pyav(path: str, source, head: bytes, idx: np.ndarray, *, short_side:
         raise DecodeError(path, "decode_error", f"PyAV returned frames of shape {out.shape[1:]}, expected "
                                                 f"{(out_h, out_w, 3)} (is the manifest's size stale?)")
     return out
+
+
+# Packet timestamps of the files the PyAV backend decoded in this process, by (path, stream size): one demux pass
+# (no decoding) per file, then every clip seeks. Bounded like _STATIC_CONTENT.
+_PACKET_INDEX: dict[tuple, tuple[list[int], list[int]] | None] = {}
+_PACKET_INDEX_MAX = 1024
+
+
+def _decode_pyav_random_access(path: str, source, idx: np.ndarray, *, num_frames: int, stream_size, out_size,
+                               num_threads: int) -> np.ndarray | None:
+    """Frames at `idx` by seeking (see _decode_pyav), or None where the packets do not stand for the frames."""
+    key = (path, None if stream_size is None else tuple(int(v) for v in stream_size))
+    if key not in _PACKET_INDEX:
+        try:
+            index = packet_index(_av_input(source), stream_size=stream_size)
+        except ValueError:
+            index = None
+        if len(_PACKET_INDEX) >= _PACKET_INDEX_MAX:
+            _PACKET_INDEX.pop(next(iter(_PACKET_INDEX)))
+        _PACKET_INDEX[key] = index
+    index = _PACKET_INDEX[key]
+    if index is None or len(index[0]) != num_frames or not index[1]:
+        return None
+    pts, keys = index
+    wanted = [pts[int(i)] for i in idx]
+    try:
+        got = frames_at(_av_input(source), wanted, keys, stream_size=stream_size, size=out_size,
+                        num_threads=num_threads)
+    except (ValueError, RuntimeError) as e:
+        log.debug("%s: PyAV random access failed (%s); reading sequentially", path, _short(e))
+        return None
+    if len(got) != len(set(wanted)):
+        log.debug("%s: PyAV random access missed %d frames; reading sequentially", path, len(set(wanted)) - len(got))
+        return None
+    return np.stack([got[p] for p in wanted])
 
 
 # Files whose random access returned byte-identical frames at distinct indices and whose sequential decode then

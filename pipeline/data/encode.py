@@ -7,6 +7,7 @@ pipeline.data.decode composes for files decord 0.6 cannot decode (AV1, issue 13)
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 from collections.abc import Iterable, Iterator
@@ -325,14 +326,7 @@ def iter_frames(source, *, stream_index: int | None = None, stream_size: tuple[i
         streams = container.streams.video
         if not streams:
             raise ValueError("the container holds no video stream")
-        if stream_index is not None:
-            stream = streams[stream_index]
-        else:
-            stream = container.streams.best("video") or streams[0]
-            if stream_size is not None and len(streams) > 1:
-                wanted = sorted(int(v) for v in stream_size)
-                stream = next((s for s in streams if sorted((s.codec_context.width, s.codec_context.height))
-                               == wanted), stream)
+        stream = streams[stream_index] if stream_index is not None else _pick_stream(container, stream_size)
         stream.codec_context.thread_count = int(num_threads)
         for packet in container.demux(stream):
             try:
@@ -343,6 +337,92 @@ def iter_frames(source, *, stream_index: int | None = None, stream_size: tuple[i
                 raise RuntimeError(f"FFmpeg failed decoding a packet: {e}") from e
             for frame in frames:
                 yield _display_array(frame, size)
+
+
+def _pick_stream(container, stream_size: tuple[int, int] | None):
+    streams = container.streams.video
+    if not streams:
+        raise ValueError("the container holds no video stream")
+    stream = container.streams.best("video") or streams[0]
+    if stream_size is not None and len(streams) > 1:
+        wanted = sorted(int(v) for v in stream_size)
+        stream = next((s for s in streams if sorted((s.codec_context.width, s.codec_context.height)) == wanted),
+                      stream)
+    return stream
+
+
+def packet_index(source, *, stream_size: tuple[int, int] | None = None) -> tuple[list[int], list[int]] | None:
+    """(pts of every packet in presentation order, pts of the keyframes) of the stream `iter_frames` decodes, read
+    from the packets alone (no decoding); None when packets cannot stand for frames: a packet without pts, or a
+    first packet (decode order) that is not a keyframe (a mid-GOP cut, whose head does not decode)."""
+    try:
+        container = av.open(source, mode="r")
+    except av.FFmpegError as e:
+        raise ValueError(f"FFmpeg cannot open the container: {e}") from e
+    pts, keys = [], []
+    with container:
+        stream = _pick_stream(container, stream_size)
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the demuxer's flush packet
+                continue
+            if packet.pts is None or (not pts and not packet.is_keyframe):
+                return None
+            pts.append(int(packet.pts))
+            if packet.is_keyframe:
+                keys.append(int(packet.pts))
+    return sorted(pts), sorted(keys)
+
+
+def frames_at(source, wanted_pts: list[int], keyframe_pts: list[int], *, stream_size: tuple[int, int] | None = None,
+              size: tuple[int, int] | None = None, num_threads: int = 1) -> dict[int, np.ndarray]:
+    """The frames whose pts are in `wanted_pts` -> {pts: uint8 RGB (H, W, 3)} in display orientation (as
+    `iter_frames`), by seeking to the keyframe before each one (`keyframe_pts` from `packet_index`) and decoding
+    forward; consecutive targets in the same GOP share one pass. Frames are identified by their pts, never by
+    counting, so a frame that is not found is missing from the result rather than replaced by another."""
+    targets = sorted(set(int(p) for p in wanted_pts))
+    got: dict[int, np.ndarray] = {}
+    try:
+        container = av.open(source, mode="r")
+    except av.FFmpegError as e:
+        raise ValueError(f"FFmpeg cannot open the container: {e}") from e
+    with container:
+        stream = _pick_stream(container, stream_size)
+        stream.codec_context.thread_count = int(num_threads)
+        frames, last = None, None
+        for target in targets:
+            if target in got:
+                continue
+            k = bisect.bisect_right(keyframe_pts, target) - 1
+            key = keyframe_pts[max(k, 0)]
+            # Decoding on from where the last pass stopped costs less than a seek when no keyframe lies between.
+            if frames is None or last is None or not key <= last < target:
+                try:
+                    container.seek(key, stream=stream, backward=True, any_frame=False)
+                except av.FFmpegError as e:
+                    raise RuntimeError(f"FFmpeg cannot seek to pts {key}: {e}") from e
+                frames = _decoded(container, stream)
+            for frame in frames:
+                if frame.pts is None:
+                    continue
+                last = int(frame.pts)
+                if last in targets and last not in got:
+                    got[last] = frame
+                if last >= target:
+                    break
+            else:
+                frames = None  # the stream ended: the next target needs a seek
+    return {p: _display_array(f, size) for p, f in got.items()}
+
+
+def _decoded(container, stream):
+    """The decoded frames of `stream` from the container's position, skipping packets FFmpeg rejects."""
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.InvalidDataError:
+            continue
+        except av.FFmpegError as e:
+            raise RuntimeError(f"FFmpeg failed decoding a packet: {e}") from e
 
 
 def _display_array(frame, size: tuple[int, int] | None) -> np.ndarray:
