@@ -67,7 +67,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             source = manifest.TableSource(args.table)
         summary = manifest.prepare(source, args.out, val_fraction=args.val_fraction, seed=args.seed,
                                    probe_timeout_s=args.probe_timeout,
-                                   normalize_short_side=args.normalize_short_side, normalize_gop=args.normalize_gop)
+                                   normalize_short_side=args.normalize_short_side, normalize_gop=args.normalize_gop,
+                                   decoder=args.decoder)
     print(summary.describe() if hasattr(summary, "describe") else summary)
     return 0
 
@@ -153,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--normalize-short-side", type=int, default=None,
                        help="re-encode videos to this short side (e.g. 256) while preparing")
     probe.add_argument("--normalize-gop", type=int, default=None, help="GOP for re-encoded videos (e.g. 16)")
+    probe.add_argument("--decoder", choices=["auto", "decord", "pyav"], default="auto",
+                       help="decode backend for the probe (recorded per video in the manifest): auto = decord, "
+                            "PyAV for files decord cannot decode (AV1, ...)")
     s = src.add_parser("folder", parents=[probe], help="root/<class>/<video> (UCF101, HMDB51, Kinetics downloader)")
     s.add_argument("root")
     s = src.add_parser("kinetics", parents=[probe], help="Kinetics CSV annotations + a directory of clips")

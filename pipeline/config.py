@@ -79,6 +79,10 @@ class DataConfig:
     decode_batch_size: int = 4
     # decord's own thread count per reader: explicit, since 0 ("auto") breaks VP9 WebM (dmlc/decord#246).
     decode_threads: int = 1
+    # Decode backend: "auto" decodes each video with the backend its probe chose (the manifest's `backend`
+    # column: decord where it decodes the file right, PyAV for AV1 and files decord cannot open); "decord" or
+    # "pyav" force one for every file (pipeline.data.decode, issue 13).
+    decoder: Literal["auto", "decord", "pyav"] = "auto"
     # A decode that takes longer is killed and its file quarantined (decord get_batch can hang, #269/#373).
     decode_timeout_s: float = 60.0
     # Restart the child decode process after this many clips to bound decord's memory growth.

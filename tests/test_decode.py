@@ -19,20 +19,29 @@ from pipeline.data.decode import (
     probe,
     shared_decoder,
 )
+from pipeline.data.encode import available_codecs as available_encoders
+from pipeline.data.encode import write_video
 from pipeline.data.sampling import eval_indices, train_indices
 from tests import faults
 from tests.processes import process_name
 from tests.videos import (
     frame_ids,
+    frame_number,
     indexed_frames,
+    make_unreadable,
+    marked_frames,
+    marker_corner,
     mean_abs_diff,
     reference_frames,
     write_audio,
     write_mid_gop_cut,
     write_random_bytes,
+    write_rotated_video,
+    write_static_video,
     write_test_video,
     write_text_file,
     write_truncated,
+    write_two_streams,
 )
 
 
@@ -340,3 +349,192 @@ def test_benchmark_baselines_decode_the_same_frames(vdir):
     assert decode_all(path) == 20 and decode_all(path, short_side=32) == 20
     idx = [0, 7, 19]
     assert mean_abs_diff(naive_get_batch(path, idx), decode_frames(path, idx)) < 1.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Issue 13: display rotation, the PyAV backend, multi-stream files, static content
+
+
+@pytest.mark.parametrize("width,height", [(96, 48), (64, 48)])  # display sizes: 2:1 and 4:3 landscape
+@pytest.mark.parametrize("rotation", [0, 90, 180, 270])
+def test_rotated_video_decodes_upright_with_display_aspect(vdir, rotation, width, height):
+    # Stored as the camera's sensor wrote it (portrait frames for 90/270), shown upright by the display matrix.
+    path = write_rotated_video(vdir / f"rot{rotation}_{width}x{height}.mp4", rotation=rotation, width=width,
+                               height=height)
+    info = probe(path)
+    assert (info.width, info.height, info.rotation, info.backend, info.num_frames) == (width, height, rotation,
+                                                                                        "decord", 8)
+    idx = np.array([0, 3, 7])
+    short = 32
+    scaled = (short, round(width * short / height))  # (H, W): display aspect kept
+    for backend in ("decord", "pyav", "auto"):
+        native = decode_frames(path, idx, num_frames=info.num_frames, backend=backend)
+        small = decode_frames(path, idx, short_side=short, num_frames=info.num_frames,
+                              size=(info.width, info.height), backend=backend)
+        chunk = decode_stream_chunk(path, 0, 8, short_side=short, size=(info.width, info.height), backend=backend)
+        assert native.shape == (3, height, width, 3), backend
+        assert small.shape == (3, *scaled, 3) and chunk.shape == (8, *scaled, 3), backend
+        for frames in (native, small, chunk[idx]):
+            assert [marker_corner(f) for f in frames] == ["top-left"] * 3, backend
+            assert [frame_number(f) for f in frames] == idx.tolist(), backend
+
+
+def test_av1_decodes_with_pyav_and_names_the_cause(vdir):
+    if "libsvtav1" not in available_encoders():
+        pytest.skip("no AV1 encoder (libsvtav1) in this PyAV build to write the test file")
+    path = write_video(vdir / "clip_av1.mp4", marked_frames(12, 64, 48), 8, codec="libsvtav1")
+    info = probe(path)  # auto
+    assert (info.codec, info.backend, info.num_frames, info.width, info.height) == ("av1", "pyav", 12, 64, 48)
+    idx = np.array([0, 5, 11, 5])
+    for backend in ("pyav", "auto"):
+        frames = decode_frames(path, idx, short_side=32, num_frames=info.num_frames, size=(64, 48), backend=backend)
+        assert frames.shape == (4, 32, 43, 3)
+        assert [frame_number(f) for f in frames] == idx.tolist()
+        assert [marker_corner(f) for f in frames] == ["top-left"] * 4
+    # decord alone: the real cause, not decord's "cannot find video stream with wanted index: -1".
+    for call in (lambda: probe(path, decoder="decord"), lambda: decode_frames(path, [0], backend="decord")):
+        with pytest.raises(DecodeError, match="AV1 is not supported by decord 0.6's FFmpeg") as e:
+            call()
+        assert e.value.reason == "decode_error"
+    # The same in the killable child, with the same guarantees.
+    with IsolatedDecoder(timeout_s=60) as decoder:
+        assert decoder.probe(path).backend == "pyav"
+        got = decoder.decode(path, idx, num_frames=12, size=(64, 48), backend="pyav")
+        assert [frame_number(f) for f in got] == idx.tolist()
+
+
+def test_pyav_backend_matches_decord_on_mid_gop_cut(vdir):
+    # Same numbering (FFmpeg's presentable frames) from both backends on a stream-copied cut.
+    path = write_mid_gop_cut(vdir / "cut_pyav.mp4", num_frames=48, gop=16, start_packet=5)
+    info = probe(path, decoder="decord")
+    assert probe(path, decoder="pyav").num_frames == info.num_frames
+    idx = train_indices(info.num_frames, 8, np.random.default_rng(0))
+    a = decode_frames(path, idx, num_frames=info.num_frames, backend="decord")
+    b = decode_frames(path, idx, num_frames=info.num_frames, backend="pyav")
+    ref = reference_frames(path)
+    assert frame_ids(a, ref).tolist() == frame_ids(b, ref).tolist() == idx.tolist()
+
+
+def test_two_stream_file_reports_the_decoded_stream(vdir):
+    # decord 0.6's FFmpeg and PyAV's newer one pick different "best" streams here (128x96 and 64x48): each probe
+    # reports the stream its backend decodes, and a manifest row's size selects that stream for either backend.
+    path = write_two_streams(vdir / "two_streams.mp4")
+    for decoder in ("decord", "pyav"):
+        info = probe(path, decoder=decoder)
+        assert (info.width, info.height) in ((64, 48), (128, 96)) and info.num_frames == 8
+        plain = decode_frames(path, [0, 4], num_frames=info.num_frames, backend=decoder)
+        assert plain.shape == (2, info.height, info.width, 3), decoder
+        for backend in ("decord", "pyav", "auto"):
+            if backend == "decord" and decoder == "pyav":
+                # decord cannot be told which stream to decode: a size it does not decode is an error, not a
+                # silent wrong stream (auto then decodes with PyAV).
+                with pytest.raises(DecodeError, match="decord returned frames of shape"):
+                    decode_frames(path, [0], num_frames=8, size=(info.width, info.height), backend=backend)
+                continue
+            frames = decode_frames(path, [0, 4], num_frames=info.num_frames, size=(info.width, info.height),
+                                   backend=backend)
+            chunk = decode_stream_chunk(path, 0, 8, size=(info.width, info.height), backend=backend)
+            assert frames.shape == (2, info.height, info.width, 3), (decoder, backend)
+            assert chunk.shape == (8, info.height, info.width, 3), (decoder, backend)
+            assert [frame_number(f) for f in frames] == [0, 4]
+            assert [marker_corner(f) for f in frames] == ["top-left"] * 2
+
+
+def test_static_video_is_accepted_and_checked_once(vdir, monkeypatch):
+    from pipeline.data import decode
+
+    path = write_static_video(vdir / "static.mp4", num_frames=48, gop=8)
+    info = probe(path)
+    # Every frame is the same image: all 48 count (a decord padding check must not cut a still to 1 frame).
+    assert info.num_frames == 48 and info.backend == "decord"
+    calls = []
+    sequential = decode._decode_sequential
+    monkeypatch.setattr(decode, "_decode_sequential", lambda *a, **k: calls.append(1) or sequential(*a, **k))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        idx = train_indices(info.num_frames, 8, rng)
+        frames = decode_frames(path, idx, short_side=32, num_frames=info.num_frames, size=(64, 48))
+        assert frames.shape == (8, 32, 43, 3)
+        assert [marker_corner(f) for f in frames] == ["top-left"] * 8
+        assert np.abs(frames.astype(int) - frames[:1]).max() <= 6  # the same image (+- the codec's rounding)
+    # The identical frames were checked against a sequential decode once; later clips keep random access.
+    assert len(calls) == 1
+
+
+def test_unreadable_and_dangling_files_have_their_own_reasons(vdir, tmp_path):
+    link = tmp_path / "gone.mp4"
+    link.symlink_to(tmp_path / "deleted.mp4")
+    with pytest.raises(DecodeError, match="dangling symbolic link") as e:
+        probe(link)
+    assert e.value.reason == "missing"
+    unreadable = make_unreadable(tmp_path / "locked.mp4")
+    with pytest.raises(DecodeError) as e:
+        probe(unreadable)
+    assert e.value.reason == "unreadable" and str(unreadable) in str(e.value)
+
+
+def test_backend_choices_are_validated(vdir):
+    path = write_test_video(vdir / "plain.mp4", num_frames=4)
+    with pytest.raises(ValueError, match="valid: auto, decord, pyav"):
+        decode_frames(path, [0], backend="ffmpeg")
+    with pytest.raises(ValueError, match="valid: auto, decord, pyav"):
+        probe(path, decoder="torchcodec")
+
+
+def test_data_decoder_config_is_validated():
+    from pipeline.config import ConfigError, load_config
+
+    assert load_config(None, ["data.decoder=pyav"]).data.decoder == "pyav"
+    assert load_config(None).data.decoder == "auto"
+    with pytest.raises(ConfigError, match="data.decoder: expected one of 'auto', 'decord', 'pyav'"):
+        load_config(None, ["data.decoder=ffmpeg"])
+
+
+def test_training_decoder_decodes_each_row_with_its_backend(vdir):
+    # The video pipeline's decode stage (run directly, without Ray Data): a rotated H.264 row (decord) and, where an
+    # AV1 encoder exists, an AV1 row (PyAV) from one batch, both upright, the right frames, in the killable child.
+    from pipeline.data.pipeline import _ClipDecoder
+
+    paths = [write_rotated_video(vdir / "train_rot90.mp4", rotation=90, width=48, height=96)]
+    if "libsvtav1" in available_encoders():
+        paths.append(write_video(vdir / "train_av1.mp4", marked_frames(8, 48, 96), 8, codec="libsvtav1"))
+    infos = [probe(p) for p in paths]
+    assert [i.backend for i in infos] == ["decord", "pyav"][:len(paths)]
+    batch = {"video_id": np.array([p.name for p in paths], object), "path": np.array([str(p) for p in paths], object),
+             "label": np.arange(len(paths)), "num_frames": np.array([i.num_frames for i in infos]),
+             "width": np.array([i.width for i in infos]), "height": np.array([i.height for i in infos]),
+             "backend": np.array([i.backend for i in infos], object)}
+    decoder = _ClipDecoder(num_threads=1, timeout_s=60, max_clips_per_process=100, train=False, num_segments=4,
+                           short_side=32, crop_size=32, multiscale=False, flip=False, shuffle_frames=False, seed=0,
+                           crops=3)
+    out = decoder(batch)
+    assert out["clip"].shape == (3 * len(paths), 4, 32, 32, 3)
+    for v in range(len(paths)):
+        top = out["clip"][3 * v]  # crops of a portrait video: top, centre, bottom; the marker is in the top one
+        assert [marker_corner(f) for f in top] == ["top-left"] * 4
+        assert [frame_number(f) for f in top] == eval_indices(8, 4).tolist()
+
+
+@pytest.mark.parametrize("kind", ["h264_gop8", "vp9", "mid_gop_cut", "rot270"])
+def test_pyav_random_access_equals_sequential_reading(vdir, kind):
+    # The PyAV backend seeks where packets stand 1:1 for frames and reads sequentially elsewhere (a mid-GOP cut):
+    # both give byte-identical frames, the right ones.
+    from pipeline.data import decode
+
+    path = {
+        "h264_gop8": lambda: write_test_video(vdir / "ra_h264.mp4", num_frames=48, gop=8),
+        "vp9": lambda: write_test_video(vdir / "ra_vp9.webm", num_frames=40, codec="libvpx-vp9", gop=10),
+        "mid_gop_cut": lambda: write_mid_gop_cut(vdir / "ra_cut.mp4", num_frames=48, gop=16, start_packet=5),
+        "rot270": lambda: write_rotated_video(vdir / "ra_rot.mp4", rotation=270, width=48, height=96, num_frames=30),
+    }[kind]()
+    info = probe(path, decoder="pyav")
+    ref = reference_frames(path)
+    rng = np.random.default_rng(1)
+    for idx in (train_indices(info.num_frames, 8, rng), np.array([info.num_frames - 1, 0, 5, 5])):
+        seeking = decode_frames(path, idx, num_frames=info.num_frames, size=(info.width, info.height), backend="pyav")
+        in_order = decode_frames(path, idx, size=(info.width, info.height), backend="pyav")  # no count: sequential
+        assert np.array_equal(seeking, in_order)
+        if kind != "rot270":  # reference_frames are the stored (unrotated) frames
+            assert frame_ids(seeking, ref).tolist() == idx.tolist()
+    used_index = decode._PACKET_INDEX[(str(path), (info.width, info.height))]
+    assert (used_index is None) == (kind == "mid_gop_cut")

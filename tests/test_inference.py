@@ -305,3 +305,31 @@ def test_online_timeline_monotonic_and_final_matches_offline(tiny_task, tmp_path
     with Predictor.from_checkpoint(tiny_task["checkpoint"], device="cpu") as predictor:
         (offline,) = predictor.predict([video], top_k=3)
     assert timeline["final"][0]["label"] == offline.labels[0] == "blue"
+
+
+def test_predict_decodes_rotated_and_av1_videos_as_displayed(tiny_task, tmp_path):
+    """Issue 13: a phone video (frames stored sideways + a 90 degree display matrix) and an AV1 file (PyAV backend)
+    reach the model as the same clip as an upright H.264 file of the same picture."""
+    from pipeline.data.encode import available_codecs, write_video
+    from pipeline.inference.predictor import Predictor
+    from tests.videos import indexed_frames
+
+    display = indexed_frames(12, width=128, height=160)  # portrait, as the phone shows it: (F, 160, 128, 3)
+    stored = np.ascontiguousarray(np.rot90(display, k=-1, axes=(1, 2)))  # (F, 128, 160, 3) as the sensor wrote it
+    upright = write_video(tmp_path / "upright.mp4", display, 8)
+    paths = {"rotated": write_video(tmp_path / "phone.mp4", stored, 8, rotation=90)}
+    if "libsvtav1" in available_codecs():
+        paths["av1"] = write_video(tmp_path / "av1.mp4", display, 8, codec="libsvtav1")
+    predictor = Predictor.from_checkpoint(str(tiny_task["checkpoint"]))
+    try:
+        want = predictor.load_clip(str(upright)).astype(np.int16)
+        assert want.shape == (SEGMENTS, CROP, CROP, 3)
+        for name, path in paths.items():
+            got = predictor.load_clip(str(path))
+            assert got.shape == want.shape, name
+            assert np.abs(got - want).mean() < 4, name
+        # The same stored pixels without the display matrix are far from it: the comparison sees orientation.
+        sideways = predictor.load_clip(str(write_video(tmp_path / "sideways.mp4", stored, 8)))
+        assert np.abs(sideways - want).mean() > 20
+    finally:
+        predictor.close()

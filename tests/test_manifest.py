@@ -399,3 +399,66 @@ def test_s3_manifest_and_decode(ray_session, tree, tmp_path, s3_server):
         assert row["clip"].shape == (4, 32, 32, 3)
         expected = _frames(CLASSES.index(meta["label_name"]), int(Path(meta["path"]).stem.split("_")[-1]))[0, 0, 0, 0]
         assert abs(float(row["clip"][..., 0].mean()) - float(expected)) < 3
+
+
+def test_real_world_inputs_rotation_av1_streams_static_and_unreadable(ray_session, tmp_path):
+    """Issue 13: every candidate ends in the manifest or the quarantine, with display sizes and the decode backend
+    the probe chose; frame shards (a Ray job on the manifest) hold upright frames with the display aspect."""
+    from pipeline.data.encode import available_codecs
+    from pipeline.data.shards import ShardReader, read_shard_manifest, write_shards
+    from tests.videos import (frame_number, make_unreadable, marked_frames, marker_corner, write_rotated_video,
+                              write_static_video, write_two_streams)
+
+    root = tmp_path / "videos"
+    write_rotated_video(root / "phone" / "portrait90.mp4", rotation=90, width=48, height=96)
+    write_rotated_video(root / "phone" / "portrait270.mp4", rotation=270, width=48, height=64)
+    write_rotated_video(root / "phone" / "upside180.mp4", rotation=180, width=96, height=48)
+    write_two_streams(root / "screen" / "two_streams.mp4")
+    write_static_video(root / "screen" / "slide.mp4", num_frames=24)
+    av1 = "libsvtav1" in available_codecs()
+    if av1:  # else the AV1 case is covered by no file here (and skipped in test_decode with its reason)
+        write_video(root / "screen" / "youtube_av1.mp4", marked_frames(8, 64, 48), 8, codec="libsvtav1")
+    (root / "screen" / "deleted_clip.mp4").symlink_to(root / "screen" / "nowhere.mp4")
+    make_unreadable(root / "screen" / "locked.mp4")
+
+    summary = m.prepare(m.FolderSource(root), tmp_path / "out", val_fraction=0.0, **PROBE)
+    rows = {Path(r["path"]).name: r for r in m.read_manifest(tmp_path / "out").to_pylist()}
+    expected = {  # name: (width, height, num_frames, codec, backend), display sizes
+        "portrait90.mp4": (48, 96, 8, "h264", "decord"),
+        "portrait270.mp4": (48, 64, 8, "h264", "decord"),
+        "upside180.mp4": (96, 48, 8, "h264", "decord"),
+        "slide.mp4": (64, 48, 24, "h264", "decord"),
+        **({"youtube_av1.mp4": (64, 48, 8, "av1", "pyav")} if av1 else {}),
+    }
+    for name, facts in expected.items():
+        r = rows[name]
+        assert (r["width"], r["height"], r["num_frames"], r["codec"], r["backend"]) == facts, name
+    two = rows["two_streams.mp4"]  # the stream decord decodes (its FFmpeg picks the 128x96 one)
+    assert (two["width"], two["height"], two["num_frames"], two["backend"]) in ((128, 96, 8, "decord"),
+                                                                                  (64, 48, 8, "decord"))
+    quarantine = {Path(q["path"]).name: q for q in pq.read_table(tmp_path / "out" / "quarantine.parquet").to_pylist()}
+    assert {k: q["reason"] for k, q in quarantine.items()} == {"deleted_clip.mp4": "missing",
+                                                               "locked.mp4": "unreadable"}
+    assert "dangling symbolic link" in quarantine["deleted_clip.mp4"]["detail"]
+    # Every candidate is accounted for.
+    assert summary.candidates == len(expected) + 1 + 2
+    assert summary.accepted + sum(summary.rejected.values()) == summary.candidates
+    assert summary.backends == {"decord": len(expected) + 1 - av1, **({"pyav": 1} if av1 else {})}
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["candidates"] == summary.candidates
+
+    # Frame shards decode through the same functions: upright, display aspect, the right frames.
+    shards = write_shards(tmp_path / "out", tmp_path / "shards", short_side=32, videos_per_task=8)
+    assert shards.failed == 0
+    reader = ShardReader()
+    for row in read_shard_manifest(tmp_path / "shards").to_pylist():
+        name = Path(row["source_path"]).name
+        if name not in expected:
+            continue
+        width, height = expected[name][:2]
+        got = reader.decode(row["path"], row["batch_index"], np.array([0, 5]), video_id=row["video_id"])
+        short = 32
+        assert got.shape[1:3] == ((short, round(width * short / height)) if height <= width
+                                  else (round(height * short / width), short)), name
+        assert [marker_corner(f) for f in got] == ["top-left"] * 2, name
+        if name != "slide.mp4":
+            assert [frame_number(f) for f in got] == [0, 5], name

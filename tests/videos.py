@@ -6,12 +6,13 @@ can check WHICH frame a decoder returned, not only how many.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.encode import cut_stream_copy, decode_all_pyav, write_audio_only, write_video
+from pipeline.data.encode import cut_stream_copy, decode_all_pyav, write_audio_only, write_streams, write_video
 
 SUFFIX = {"libx264": ".mp4", "mpeg4": ".avi", "libvpx-vp9": ".webm"}
 
@@ -87,3 +88,66 @@ def frame_ids(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+# Side of the white marker block that `marked_frames` put in the displayed image's top-left corner.
+MARK = 8
+
+
+def marked_frames(num_frames: int, width: int, height: int) -> np.ndarray:
+    """uint8 (F, H, W, 3) as they should be displayed: dark grey, red level 40 + 10 * i tells frame i, and a white
+    MARK x MARK block in the top-left corner that shows the orientation."""
+    frames = np.full((num_frames, height, width, 3), 40, np.uint8)
+    frames[..., 0] = (40 + 10 * np.arange(num_frames))[:, None, None]
+    frames[:, :MARK, :MARK] = 250
+    return frames
+
+
+def write_rotated_video(path: str | Path, *, rotation: int, width: int, height: int, num_frames: int = 8,
+                        fps: float = 8, codec: str = "libx264") -> Path:
+    """A phone-style video whose frames display as `marked_frames(num_frames, width, height)`: stored rotated back
+    by `rotation` degrees (coded size height x width for 90/270) with a display matrix of `rotation`."""
+    display = marked_frames(num_frames, width, height)
+    coded = np.ascontiguousarray(np.rot90(display, k=-(rotation // 90), axes=(1, 2)))
+    return write_video(path, coded, fps, codec=codec, rotation=rotation)
+
+
+def marker_corner(frame: np.ndarray) -> str:
+    """Which corner of an (H, W, 3) frame holds the white marker: "top-left", "top-right", "bottom-left",
+    "bottom-right" (the brightest corner block)."""
+    h, w = frame.shape[:2]
+    m = max(1, min(h, w) // 8)  # inside the marker (1/6 of the short side in the tests' videos) at any scale
+    corners = {"top-left": frame[:m, :m], "top-right": frame[:m, w - m:], "bottom-left": frame[h - m:, :m],
+               "bottom-right": frame[h - m:, w - m:]}
+    return max(corners, key=lambda k: float(corners[k].mean()))
+
+
+def frame_number(frame: np.ndarray) -> int:
+    """The frame index `marked_frames` encoded in the red level (read away from the marker)."""
+    h, w = frame.shape[:2]
+    return int(round((float(np.median(frame[h // 2:, w // 2:, 0])) - 40) / 10))
+
+
+def write_two_streams(path: str | Path, *, num_frames: int = 8, fps: float = 8) -> Path:
+    """An MP4 with two video streams of different sizes: 64x48 and 128x96, both `marked_frames`."""
+    return write_streams(path, [marked_frames(num_frames, 64, 48), marked_frames(num_frames, 128, 96)], fps)
+
+
+def write_static_video(path: str | Path, *, num_frames: int = 48, gop: int = 8, width: int = 64,
+                       height: int = 48, fps: float = 8) -> Path:
+    """A video whose frames are all the same image (a slide, a paused screen): real content, not a decoder bug."""
+    frame = marked_frames(1, width, height)
+    return write_video(path, np.repeat(frame, num_frames, axis=0), fps, gop=gop)
+
+
+def make_unreadable(path: str | Path) -> Path:
+    """A file in place of a video that exists but cannot be read. Normally a file without read permission; root
+    reads through permissions, so as root it is a symbolic link to /proc/self/mem, whose first page fails every
+    read with EIO (what a failing disk or network mount gives)."""
+    path = Path(path)
+    if os.geteuid() == 0:
+        path.symlink_to("/proc/self/mem")
+    else:
+        path.write_bytes(b"\0" * 1024)
+        path.chmod(0)
+    return path

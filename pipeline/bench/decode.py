@@ -4,11 +4,14 @@ For each Kinetics-like video (10 s at 30 fps, 340x256 and 1280x720, H.264 with G
 same run and on the same file:
 - project: pipeline.data.decode.decode_frames (16 TSN training indices, one decord thread, frames scaled to short
   side 256 by decord's converter) + pipeline.data.transforms.train_transform (multi-scale crop to 224 + flip);
+- pyav: the same decode_frames call with backend="pyav" (FFmpeg through PyAV: the backend for files decord cannot
+  decode, e.g. AV1; seeks to the keyframe before each frame, matched by packet timestamp);
 - naive: decord.VideoReader(path) with default settings (automatic thread count), get_batch of the same indices at
   full resolution, then the same resize + crop (what common loaders do);
 - full decode: every frame of the file decoded sequentially (one thread, at short side 256): the cost of the whole
   file, the floor for any loader that cannot seek.
 CPU time is the process's (all threads: decord's automatic threads count), so clips / CPU-second = clips/s per core.
+TorchCodec (issue 13) is not measured: it needs the OS's FFmpeg libraries, which a pip-only install lacks.
 """
 
 from __future__ import annotations
@@ -73,6 +76,13 @@ def run(args) -> int:
                                                   num_frames=info.num_frames, size=(info.width, info.height))
                     transforms.train_transform(frames, crop_size=CROP, rng=rng)
 
+                def pyav():
+                    idx = sampling.train_indices(info.num_frames, SEGMENTS, rng)
+                    frames = decode.decode_frames(str(path), idx, short_side=SHORT_SIDE, num_threads=1,
+                                                  num_frames=info.num_frames, size=(info.width, info.height),
+                                                  backend="pyav")
+                    transforms.train_transform(frames, crop_size=CROP, rng=rng)
+
                 def naive():
                     idx = sampling.train_indices(info.num_frames, SEGMENTS, rng)
                     frames = decode.naive_get_batch(str(path), idx)
@@ -84,7 +94,8 @@ def run(args) -> int:
                                       size=(info.width, info.height))
 
                 timings = {name: _measure(fn, min_clips=min_clips, min_cpu_s=min_cpu_s, max_clips=max_clips)
-                           for name, fn in (("project", project), ("naive", naive), ("full_decode", full))}
+                           for name, fn in (("project", project), ("pyav", pyav), ("naive", naive),
+                                            ("full_decode", full))}
                 row = {
                     "video": f"{width}x{height} gop{gop}", "width": width, "height": height, "gop": gop,
                     "frames": info.num_frames, "size_bytes": path.stat().st_size,
@@ -96,13 +107,14 @@ def run(args) -> int:
                 row["project_vs_full_decode"] = row["project_clips_per_core_s"] / row["full_decode_clips_per_core_s"]
                 rows.append(row)
 
-    header = (f"{'video':<18}{'frames':>7}{'project':>10}{'naive':>10}{'full dec':>10}"
+    header = (f"{'video':<18}{'frames':>7}{'project':>10}{'pyav':>10}{'naive':>10}{'full dec':>10}"
               f"{'proj/naive':>12}{'proj/full':>11}{'proj wall':>11}{'naive wall':>12}")
-    print(f"\nclips/s per CPU core, {SEGMENTS} segments -> {CROP}x{CROP} (wall clips/s for reference; "
+    print(f"\nclips/s per CPU core, {SEGMENTS} segments -> {CROP}x{CROP}; project = decord backend, pyav = PyAV "
+          f"backend (wall clips/s for reference; "
           f"{os.cpu_count()} CPUs)")
     print(header)
     for r in rows:
-        print(f"{r['video']:<18}{r['frames']:>7}{r['project_clips_per_core_s']:>10.2f}"
+        print(f"{r['video']:<18}{r['frames']:>7}{r['project_clips_per_core_s']:>10.2f}{r['pyav_clips_per_core_s']:>10.2f}"
               f"{r['naive_clips_per_core_s']:>10.2f}{r['full_decode_clips_per_core_s']:>10.2f}"
               f"{r['project_vs_naive']:>11.2f}x{r['project_vs_full_decode']:>10.2f}x"
               f"{r['project_clips_per_s']:>11.2f}{r['naive_clips_per_s']:>12.2f}")

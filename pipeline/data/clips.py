@@ -80,6 +80,8 @@ class RowClipDecoder:
     """
 
     columns: tuple[str, ...] = ()
+    # Read when the batch has them: "epoch" (see above); subclasses add theirs.
+    optional_columns: tuple[str, ...] = ("epoch",)
 
     def __init__(self, *, train: bool, num_segments: int, short_side: int, crop_size: int, multiscale: bool,
                  flip: bool, shuffle_frames: bool, seed: int, num_clips: int = 1, crops: int = 1, epoch: int = 0):
@@ -90,7 +92,7 @@ class RowClipDecoder:
         self.epoch = int(epoch)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [*self.columns, *(["epoch"] if "epoch" in batch else [])]
+        names = [*self.columns, *(c for c in self.optional_columns if c in batch)]
         rows = ({k: batch[k][i] for k in names} for i in range(len(batch["path"])))
         out, failures = clips_batch(rows, self._clips, self._failure, num_segments=self.T, crop_size=self.crop_size)
         if failures:

@@ -16,8 +16,16 @@ What goes wrong with decord 0.6.0 on real-world video, and what this module does
   a corrupt shape or a buffer-size error: such frames are decoded by decord's own scaler at a width it handles
   (one pixel wider) and resized back. `probe` rejects videos whose short side is below `min_side` as too_small.
 - A missing file, a directory, an empty file or a text file all raise the same vague error: the path is checked
-  first and `DecodeError` carries a stable reason code (missing, is_directory, empty_file, not_a_video,
+  first and `DecodeError` carries a stable reason code (missing, unreadable, is_directory, empty_file, not_a_video,
   no_video_stream, too_small, truncated, decode_error, timeout, crashed) and the path.
+- Display rotation (phone video: landscape frames + a 90/270 degree display matrix): decord applies it, so sizes
+  are the display's everywhere (`probe`, the manifest, the output size asked of decord); the PyAV backend applies
+  the same matrix (issue 13).
+- Codecs decord 0.6's bundled FFmpeg cannot decode (AV1: "cannot find video stream with wanted index: -1") and
+  files it cannot open: the PyAV backend (pipeline.data.encode.iter_frames) decodes them behind the same
+  interface (`backend=`); `probe(decoder="auto")` chooses it only where decord fails and reports the choice
+  (`VideoInfo.backend`, the manifest's `backend` column), so training decodes each file the way the probe did.
+- Multi-stream files: decord decodes FFmpeg's "best" video stream; `probe` reports that stream's facts.
 - `get_batch` can hang forever in native code (dmlc/decord#269, #373, #375) or crash the process, and memory
   grows over many readers: `IsolatedDecoder` runs decoding in a persistent child process that is killed on a
   timeout or replaced after a crash, and recycled every `max_clips_per_process` clips.
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import multiprocessing
 import multiprocessing.spawn
@@ -43,7 +52,7 @@ import numpy as np
 # Import order matters: decord loads its bundled FFmpeg/libvpx with RTLD_GLOBAL, after which PyAV's libavcodec
 # binds to decord's older libvpx and cannot open the VP9 encoder ("avcodec_open2 returned 22"). Loading PyAV
 # first (through encode, the one PyAV module) keeps both working in one process.
-from pipeline.data.encode import stream_info
+from pipeline.data.encode import frames_at, iter_frames, packet_index, stream_info
 
 import decord  # noqa: E402
 
@@ -54,7 +63,7 @@ log = logging.getLogger(__name__)
 decord.logging.set_level(decord.logging.QUIET)
 
 REASONS = frozenset({
-    "missing", "is_directory", "empty_file", "not_a_video", "no_video_stream", "too_small", "truncated",
+    "missing", "unreadable", "is_directory", "empty_file", "not_a_video", "no_video_stream", "too_small", "truncated",
     "decode_error", "timeout", "crashed",
 })
 # Videos whose short side is below this are rejected by `probe` (a 112-224 px crop from them is mostly blur).
@@ -65,6 +74,12 @@ DECORD_BAD_WIDTHS = frozenset({2, 3, 4, 6, 8, 12, 16, 24, 48, 72})
 # Size of the frames `probe` decodes to count them: only their identity matters, and scaling in decord's
 # converter makes counting cost little more than the codec.
 _COUNT_SIZE = (64, 64)
+# The decode backends: "decord" (the default where it works), "pyav" (FFmpeg through PyAV: every codec of PyAV's
+# FFmpeg; seeks by packet timestamps where they stand for the frames, reads sequentially elsewhere), "auto" (decord,
+# PyAV where decord cannot decode the file).
+BACKENDS = ("auto", "decord", "pyav")
+# Codecs decord 0.6's bundled FFmpeg has no decoder for (measured: it fails to find the stream), by FFmpeg name.
+DECORD_UNSUPPORTED_CODECS = {"av1": "AV1 is not supported by decord 0.6's FFmpeg"}
 _HEAD_BYTES = 4096
 
 
@@ -94,6 +109,10 @@ class VideoInfo:
     reported_frames: int = 0
     # The first keyframe is not the first frame (a stream-copied cut): decoded sequentially.
     mid_gop: bool = False
+    # The backend that decoded the file in the probe ("decord" or "pyav"): decode it with the same one.
+    backend: str = "decord"
+    # Display rotation (counter-clockwise degrees); width and height are already the display's.
+    rotation: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,14 +181,18 @@ def _read_source(path: str) -> tuple[str | bytes, bytes]:
     else:
         if not os.path.lexists(path):
             raise DecodeError(path, "missing", "no such file")
+        if os.path.islink(path) and not os.path.exists(path):
+            raise DecodeError(path, "missing", f"a dangling symbolic link (to {os.readlink(path)})")
         if os.path.isdir(path):
             raise DecodeError(path, "is_directory", "a directory, not a video file")
         try:
             size = os.path.getsize(path)
             with open(path, "rb") as f:
                 head = f.read(_HEAD_BYTES)
-        except OSError as e:
+        except FileNotFoundError as e:  # removed between the checks above and the read
             raise DecodeError(path, "missing", f"cannot read it: {e}") from e
+        except OSError as e:  # permission denied, I/O error: the file is there but cannot be read
+            raise DecodeError(path, "unreadable", f"cannot read it: {e}") from e
         if size == 0:
             raise DecodeError(path, "empty_file", "0 bytes")
         source = path
@@ -206,7 +229,11 @@ def _open(path: str, source: str | bytes, head: bytes, *, num_threads: int, widt
         return _reader(source, num_threads=num_threads, width=width, height=height)
     except Exception as e:  # decord raises DECORDError, RuntimeError or AssertionError for unreadable files
         # Classify with FFmpeg's view of the header; if even that reads fine, decord itself failed.
-        _stream_info(path, source, head)
+        info = _stream_info(path, source, head)
+        cause = DECORD_UNSUPPORTED_CODECS.get(info["codec"])
+        if cause:  # decord's own message ("cannot find video stream with wanted index: -1") hides this
+            raise DecodeError(path, "decode_error", f"{cause} (decode it with the PyAV backend: data.decoder "
+                                                    f"auto or pyav)") from e
         raise DecodeError(path, "decode_error", f"decord cannot open it: {_short(e)}") from e
 
 
@@ -271,7 +298,7 @@ def _count_presentable(frames) -> tuple[int, int]:
     """(frames that decode, frames decord yielded): a trailing run of byte-identical frames counts once.
 
     decord pads the end of an over-reported stream with copies of the last real frame. A real video ending in
-    identical frames (a still) loses only copies of the same image, so sampling is unaffected.
+    identical frames (a still) would lose them: `probe` asks PyAV for the true count when the two differ.
     """
     total, last_distinct, previous = 0, 0, None
     for frame in frames:
@@ -286,19 +313,66 @@ def _count_presentable(frames) -> tuple[int, int]:
 # Public API
 # --------------------------------------------------------------------------------------------------------------
 
-def probe(path: str, *, num_threads: int = 1, min_side: int = MIN_SIDE, exact: bool = True) -> VideoInfo:
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown decode backend {backend!r}; valid: {', '.join(BACKENDS)}")
+
+
+def probe(path: str, *, num_threads: int = 1, min_side: int = MIN_SIDE, exact: bool = True,
+          decoder: str = "auto") -> VideoInfo:
     """Facts about a video for the manifest; `num_frames` counts frames that actually decode.
 
     `exact` decodes the whole stream once at 64x64 to count decodable frames (cheap next to training); with
     exact=False the count is decord's index minus the undecodable head of a mid-GOP cut (no decoding).
+    `decoder`: "decord", "pyav", or "auto" (decord; PyAV for codecs decord lacks and files decord cannot decode).
+    The result's `backend` names the one used. Width and height are the display's (rotation applied).
     Raises DecodeError with a reason code.
     """
+    _check_backend(decoder)
     path = str(path)
     source, head = _read_source(path)
     info = _stream_info(path, source, head)
     width, height = info["width"], info["height"]
     if min(width, height) < min_side:
         raise DecodeError(path, "too_small", f"{width}x{height} frames; need a short side >= {min_side} px")
+    if decoder == "pyav":
+        return _probe_pyav(path, source, info, exact=exact, num_threads=num_threads)
+    unsupported = DECORD_UNSUPPORTED_CODECS.get(info["codec"])
+    if unsupported:
+        if decoder == "decord":
+            raise DecodeError(path, "decode_error", f"{unsupported} (data.decoder is 'decord'; auto or pyav "
+                                                    f"decode it with PyAV)")
+        return _probe_pyav(path, source, info, exact=exact, num_threads=num_threads)
+    try:
+        return _probe_decord(path, source, head, info, exact=exact, num_threads=num_threads)
+    except DecodeError as e:
+        if decoder == "decord" or e.reason != "decode_error":
+            raise
+        log.info("%s: decord cannot decode it (%s); trying the PyAV backend", path, e.detail)
+        try:
+            return _probe_pyav(path, source, info, exact=exact, num_threads=num_threads)
+        except DecodeError as e2:
+            raise DecodeError(path, e2.reason, f"{e2.detail}; decord: {e.detail}") from e2
+
+
+def _probe_decord(path: str, source, head: bytes, info: dict[str, Any], *, exact: bool, num_threads: int
+                  ) -> VideoInfo:
+    width, height = info["width"], info["height"]
+    if len(info["video_streams"]) > 1:
+        # decord decodes the stream its own FFmpeg calls "best", which need not be the one PyAV's FFmpeg picked:
+        # report the size decord really decodes (one frame at native size).
+        try:
+            decoded_h, decoded_w = _open(path, source, head, num_threads=num_threads).next().shape[:2]
+        except StopIteration:
+            decoded_h, decoded_w = height, width
+        if (decoded_w, decoded_h) != (width, height):
+            log.debug("%s: decord decodes a %dx%d stream, not the %dx%d one", path, decoded_w, decoded_h, width,
+                      height)
+            width, height = int(decoded_w), int(decoded_h)
+            for s in info["video_streams"]:
+                if {s["coded_width"], s["coded_height"]} == {width, height}:
+                    info = {**info, "codec": s["codec"]}
+                    break
     count_w, count_h = _COUNT_SIZE
     reader = _open(path, source, head, num_threads=num_threads, width=count_w, height=count_h)
     reported = len(reader)
@@ -312,6 +386,17 @@ def probe(path: str, *, num_threads: int = 1, min_side: int = MIN_SIDE, exact: b
             num_frames, yielded = _count_presentable(_iter_sequential(make_reader, mid_gop))
         except Exception as e:  # DECORDError mid-stream: a damaged file
             raise DecodeError(path, "decode_error", f"decoding failed: {_short(e)}") from e
+        if yielded > num_frames:
+            # A trailing run of identical frames: decord's padding of an over-reported end, or real content (a
+            # still, a fade to black, a static screen: a fully static video would count 1 frame). FFmpeg through
+            # PyAV yields no padding: its count of presentable frames settles which (only for such files).
+            try:
+                presentable = sum(1 for _ in iter_frames(_av_input(source), size=_COUNT_SIZE,
+                                                         num_threads=num_threads))
+            except (ValueError, RuntimeError) as e:
+                log.debug("%s: PyAV cannot count the frames (%s); keeping %d", path, _short(e), num_frames)
+            else:
+                num_frames = max(num_frames, min(yielded, presentable))
         if num_frames != reported:
             log.debug("%s: decord reports %d frames, %d decode (%d yielded)", path, reported, num_frames, yielded)
     else:
@@ -322,7 +407,31 @@ def probe(path: str, *, num_threads: int = 1, min_side: int = MIN_SIDE, exact: b
     return VideoInfo(
         num_frames=int(num_frames), fps=fps, width=int(width), height=int(height),
         duration=float(num_frames / fps) if fps > 0 else 0.0, codec=str(info["codec"]),
-        reported_frames=int(reported), mid_gop=bool(mid_gop),
+        reported_frames=int(reported), mid_gop=bool(mid_gop), backend="decord", rotation=int(info["rotation"]),
+    )
+
+
+def _av_input(source: str | bytes):
+    return io.BytesIO(source) if isinstance(source, bytes) else source
+
+
+def _probe_pyav(path: str, source, info: dict[str, Any], *, exact: bool, num_threads: int) -> VideoInfo:
+    reported = int(info["frames"])
+    if exact or reported < 1:
+        try:
+            # Every presentable frame, converted at 64x64 (counting costs the codec, not the conversion).
+            num_frames = sum(1 for _ in iter_frames(_av_input(source), size=_COUNT_SIZE, num_threads=num_threads))
+        except (ValueError, RuntimeError) as e:
+            raise DecodeError(path, "decode_error", f"PyAV decoding failed: {_short(e)}") from e
+    else:
+        num_frames = reported
+    if num_frames < 1:
+        raise DecodeError(path, "decode_error", f"no frame decodes with PyAV (the container claims {reported})")
+    fps = float(info["fps"] or 0.0)
+    return VideoInfo(
+        num_frames=int(num_frames), fps=fps, width=int(info["width"]), height=int(info["height"]),
+        duration=float(num_frames / fps) if fps > 0 else 0.0, codec=str(info["codec"]), reported_frames=reported,
+        backend="pyav", rotation=int(info["rotation"]),
     )
 
 
@@ -334,23 +443,138 @@ def decode_frames(
     num_threads: int = 1,
     num_frames: int | None = None,
     size: tuple[int, int] | None = None,
+    backend: str = "auto",
 ) -> np.ndarray:
-    """Decode exactly the frames at `indices` -> uint8 RGB (len(indices), H, W, 3), in the order given.
+    """Decode exactly the frames at `indices` -> uint8 RGB (len(indices), H, W, 3), in the order given, in display
+    orientation (a display rotation applied).
 
     `num_frames`: the decodable count from `probe` (the manifest); indices are clamped to [0, num_frames), since
     decord repeats the last frame past the real end. Without it, decord's (possibly over-reported) count is used.
-    `short_side`: frames come out with this short side (aspect kept), scaled by decord's converter while decoding.
-    `size`: the native (width, height) if known (the manifest has it), saving a header read.
-    `num_threads`: decord's thread count, explicit (0 = "auto" breaks VP9, dmlc/decord#246).
-    Raises DecodeError with a reason code.
+    `short_side`: frames come out with this short side (display aspect kept), scaled while decoding.
+    `size`: the display (width, height) if known (the manifest has it), saving a header read.
+    `num_threads`: the decoder's thread count, explicit (0 = "auto" breaks VP9 in decord, dmlc/decord#246).
+    `backend`: "decord", "pyav" (the probe's choice, in the manifest) or "auto" (decord, then PyAV if decord
+    cannot decode the file). Raises DecodeError with a reason code.
     """
     path = str(path)
+    _check_backend(backend)
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     if idx.size == 0:
         raise ValueError(f"{path}: no frame indices to decode")
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1 (0 breaks VP9 WebM, dmlc/decord#246), got {num_threads}")
     source, head = _read_source(path)
+    if backend == "pyav":
+        return _decode_pyav(path, source, head, idx, short_side=short_side, num_threads=num_threads,
+                            num_frames=num_frames, size=size)
+    try:
+        return _decode_decord(path, source, head, idx, short_side=short_side, num_threads=num_threads,
+                              num_frames=num_frames, size=size)
+    except DecodeError as e:
+        if backend == "decord" or e.reason != "decode_error":
+            raise
+        log.debug("%s: decord failed (%s); decoding with PyAV", path, e.detail)
+        return _decode_pyav(path, source, head, idx, short_side=short_side, num_threads=num_threads,
+                            num_frames=num_frames, size=size)
+
+
+def _decode_pyav(path: str, source, head: bytes, idx: np.ndarray, *, short_side: int | None, num_threads: int,
+                 num_frames: int | None, size: tuple[int, int] | None) -> np.ndarray:
+    """The PyAV backend: the frames at `idx` in FFmpeg's numbering of presentable frames (the probe's count).
+
+    Random access where the packets stand 1:1 for the probed frames (first packet a keyframe, every packet timed,
+    as many packets as `num_frames`): frame i is the packet with the i-th smallest pts, found by seeking to the
+    keyframe before it and matched by pts. Otherwise (mid-GOP cuts, no probed count) frames are read in
+    presentation order up to max(idx), which is exact on every file at the price of decoding the head of the video.
+    """
+    stream_size = size
+    if size is None:
+        info = _stream_info(path, source, head)
+        size = (info["width"], info["height"])
+    width, height = int(size[0]), int(size[1])
+    out_h, out_w = scaled_size(height, width, short_side)
+    if num_frames:
+        idx = np.clip(idx, 0, max(int(num_frames) - 1, 0))
+    out_size = None if (out_w, out_h) == (width, height) else (out_w, out_h)
+    if num_frames:
+        out = _decode_pyav_random_access(path, source, idx, num_frames=int(num_frames), stream_size=stream_size,
+                                         out_size=out_size, num_threads=num_threads)
+        if out is not None:
+            if out.shape[1:] != (out_h, out_w, 3):
+                raise DecodeError(path, "decode_error", f"PyAV returned frames of shape {out.shape[1:]}, expected "
+                                                        f"{(out_h, out_w, 3)} (is the manifest's size stale?)")
+            return out
+    wanted, last_wanted = set(idx.tolist()), int(idx.max())
+    kept: dict[int, np.ndarray] = {}
+    last = None
+    frames = iter_frames(_av_input(source), size=out_size, stream_size=stream_size, num_threads=num_threads)
+    try:
+        for position, frame in enumerate(frames):
+            last = frame
+            if position in wanted:
+                kept[position] = frame
+            if position >= last_wanted:
+                break
+    except (ValueError, RuntimeError) as e:
+        _stream_info(path, source, head)  # classify a container FFmpeg cannot read (truncated, not_a_video, ...)
+        raise DecodeError(path, "decode_error", f"PyAV decoding frames up to {last_wanted} failed: {_short(e)}") from e
+    finally:
+        frames.close()
+    if last is None:
+        raise DecodeError(path, "decode_error", "no frame decodes with PyAV")
+    # Indices past the end (no num_frames given) get the last frame, as decord's clamped ones do.
+    out = np.stack([kept.get(int(i), last) for i in idx])
+    if out.shape[1:] != (out_h, out_w, 3):
+        raise DecodeError(path, "decode_error", f"PyAV returned frames of shape {out.shape[1:]}, expected "
+                                                f"{(out_h, out_w, 3)} (is the manifest's size stale?)")
+    return out
+
+
+# Packet timestamps of the files the PyAV backend decoded in this process, by (path, stream size): one demux pass
+# (no decoding) per file, then every clip seeks. Bounded like _STATIC_CONTENT.
+_PACKET_INDEX: dict[tuple, tuple[list[int], list[int]] | None] = {}
+_PACKET_INDEX_MAX = 1024
+
+
+def _decode_pyav_random_access(path: str, source, idx: np.ndarray, *, num_frames: int, stream_size, out_size,
+                               num_threads: int) -> np.ndarray | None:
+    """Frames at `idx` by seeking (see _decode_pyav), or None where the packets do not stand for the frames."""
+    key = (path, None if stream_size is None else tuple(int(v) for v in stream_size))
+    if key not in _PACKET_INDEX:
+        try:
+            index = packet_index(_av_input(source), stream_size=stream_size)
+        except ValueError:
+            index = None
+        if len(_PACKET_INDEX) >= _PACKET_INDEX_MAX:
+            _PACKET_INDEX.pop(next(iter(_PACKET_INDEX)))
+        _PACKET_INDEX[key] = index
+    index = _PACKET_INDEX[key]
+    if index is None or len(index[0]) != num_frames or not index[1]:
+        return None
+    pts, keys = index
+    wanted = [pts[int(i)] for i in idx]
+    try:
+        got = frames_at(_av_input(source), wanted, keys, stream_size=stream_size, size=out_size,
+                        num_threads=num_threads)
+    except (ValueError, RuntimeError) as e:
+        log.debug("%s: PyAV random access failed (%s); reading sequentially", path, _short(e))
+        return None
+    if len(got) != len(set(wanted)):
+        log.debug("%s: PyAV random access missed %d frames; reading sequentially", path, len(set(wanted)) - len(got))
+        return None
+    return np.stack([got[p] for p in wanted])
+
+
+# Files whose random access returned byte-identical frames at distinct indices and whose sequential decode then
+# agreed (the content really repeats: a black lead-in, a slide, a paused screen), keyed by (path, decoded size).
+# decord's duplicate bug is a property of the file (its GOP structure), so one agreeing check clears the file for
+# this process: later clips of it keep random access instead of a sequential decode each (issue 13).
+_STATIC_CONTENT: dict[tuple, None] = {}
+_STATIC_CONTENT_MAX = 4096
+
+
+def _decode_decord(path: str, source, head: bytes, idx: np.ndarray, *, short_side: int | None, num_threads: int,
+                   num_frames: int | None, size: tuple[int, int] | None) -> np.ndarray:
     out_h, out_w, dec_w, reader_size = _output_size(path, source, head, size, short_side)
 
     reader = _open(path, source, head, num_threads=num_threads, **reader_size)
@@ -358,23 +582,29 @@ def decode_frames(
     mid_gop = _is_mid_gop(reader)
     limit = min(int(num_frames), reported) if num_frames else reported
     idx = np.clip(idx, 0, max(limit - 1, 0))
+    static_key = (path, tuple(sorted(reader_size.items())))
     try:
         if mid_gop:
             frames = _decode_sequential(source, idx, num_threads, reader_size, mid_gop=True)
         else:
             frames = reader.get_batch(idx.tolist()).asnumpy()
-            if _repeats_distinct_indices(idx, frames):
+            if static_key not in _STATIC_CONTENT and _repeats_distinct_indices(idx, frames):
                 log.debug("%s: random access returned identical frames for distinct indices; decoding sequentially",
                           path)
-                frames = _decode_sequential(source, idx, num_threads, reader_size, mid_gop=False)
+                sequential = _decode_sequential(source, idx, num_threads, reader_size, mid_gop=False)
+                if np.array_equal(sequential, frames):
+                    if len(_STATIC_CONTENT) >= _STATIC_CONTENT_MAX:
+                        _STATIC_CONTENT.pop(next(iter(_STATIC_CONTENT)))
+                    _STATIC_CONTENT[static_key] = None
+                frames = sequential
     except DecodeError:
         raise
     except Exception as e:
         if num_threads > 1 and "Error sending packet" in str(e):
             # dmlc/decord#246: decord's threaded decoder rejects some VP9 packets with EAGAIN; one thread works.
             log.debug("%s: threaded decode failed (%s); retrying with one thread", path, _short(e))
-            return decode_frames(path, indices, short_side=short_side, num_threads=1, num_frames=num_frames,
-                                 size=size)
+            return _decode_decord(path, source, head, idx, short_side=short_side, num_threads=1,
+                                  num_frames=num_frames, size=size)
         if "DECORDArrayCopyFromTo" in str(e) or isinstance(e, ValueError):
             raise DecodeError(path, "too_small", f"decord returned corrupt frames for {dec_w}x{out_h}: {_short(e)}") from e
         raise DecodeError(path, "decode_error", f"decoding frames {idx.min()}..{idx.max()} failed: {_short(e)}") from e
@@ -404,29 +634,51 @@ _STREAM: dict[str, Any] = {}
 
 
 def decode_stream_chunk(path: str, start: int, count: int, *, short_side: int | None = None, num_threads: int = 1,
-                        size: tuple[int, int] | None = None, num_frames: int | None = None) -> np.ndarray:
+                        size: tuple[int, int] | None = None, num_frames: int | None = None,
+                        backend: str = "auto") -> np.ndarray:
     """Frames [start, start + count) of `path` in presentation order -> uint8 (n, H, W, 3), n < count at the end.
 
     For reading a video chunk after chunk (online inference): the reader stays open between calls in this
     process, so every frame is decoded once, in order. `decode_frames` on each chunk would seek back to the
     chunk's keyframe every time, up to a whole GOP of extra decoding per chunk on long-GOP files. A call that does
     not continue where the previous one stopped reopens the stream and reads up to `start`. Same frames (numbering,
-    scaling, mid-GOP cuts, narrow widths) as decode_frames; `num_frames` (the probed count) ends the stream where
-    decode_frames would clamp: decord pads an over-reported end with copies of the last frame. Raises DecodeError
-    with a reason code.
+    scaling, display rotation, mid-GOP cuts, narrow widths, `backend`) as decode_frames; `num_frames` (the probed
+    count) ends the stream where decode_frames would clamp: decord pads an over-reported end with copies of the
+    last frame. Raises DecodeError with a reason code.
     """
     path = str(path)
+    _check_backend(backend)
     if start < 0 or count < 1:
         raise ValueError(f"{path}: need start >= 0 and count >= 1, got start={start} count={count}")
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1 (0 breaks VP9 WebM, dmlc/decord#246), got {num_threads}")
-    key = (path, short_side, num_threads, size)
+    key = (path, short_side, num_threads, size, backend)
     if _STREAM.get("key") != key or _STREAM.get("next") != start:
         _STREAM.clear()
         source, head = _read_source(path)
-        out_h, out_w, _, reader_size = _output_size(path, source, head, size, short_side)
-        mid_gop = _is_mid_gop(_open(path, source, head, num_threads=num_threads, **reader_size))
-        frames = _iter_sequential(lambda: _open(path, source, head, num_threads=num_threads, **reader_size), mid_gop)
+        out_h, out_w, dec_w, reader_size = _output_size(path, source, head, size, short_side)
+        if backend != "pyav":
+            try:
+                mid_gop = _is_mid_gop(_open(path, source, head, num_threads=num_threads, **reader_size))
+            except DecodeError as e:
+                if backend == "decord" or e.reason != "decode_error":
+                    raise
+                backend = "pyav"  # auto: decord cannot open it
+        if backend == "pyav":
+            frames = iter_frames(_av_input(source), size=(out_w, out_h), stream_size=size, num_threads=num_threads)
+        else:
+            frames = _iter_sequential(lambda: _open(path, source, head, num_threads=num_threads, **reader_size),
+                                      mid_gop)
+            first = next(frames, None)
+            if first is not None and first.shape[:2] != (out_h, dec_w):
+                # Another stream than the one `size` describes (multi-stream files): decord cannot pick streams.
+                if backend == "decord":
+                    raise DecodeError(path, "decode_error", f"decord returned frames of shape {first.shape}, "
+                                                            f"expected {(out_h, dec_w, 3)}")
+                frames = iter_frames(_av_input(source), size=(out_w, out_h), stream_size=size,
+                                     num_threads=num_threads)
+            elif first is not None:
+                frames = itertools.chain([first], frames)
         _STREAM.update(key=key, frames=frames, next=0, shape=(out_h, out_w))
         for _ in range(start):
             if next(frames, None) is None:
@@ -458,6 +710,12 @@ def _output_size(path: str, source, head: bytes, size: tuple[int, int] | None, s
     if size is None:
         info = _stream_info(path, source, head)
         size = (info["width"], info["height"])
+        if len(info["video_streams"]) > 1:  # decord's FFmpeg may pick another stream than PyAV's: ask decord
+            try:
+                height, width = _open(path, source, head, num_threads=1).next().shape[:2]
+                size = (width, height)
+            except StopIteration:
+                pass
     width, height = int(size[0]), int(size[1])
     out_h, out_w = scaled_size(height, width, short_side)
     # decord corrupts frames of some widths: decode one pixel wider and resize back (see DECORD_BAD_WIDTHS).

@@ -1,10 +1,13 @@
-"""Video writing with PyAV: the only module that imports `av`.
+"""FFmpeg through PyAV: the only module that imports `av`.
 
-Used by the synthetic dataset, the decode benchmark and the tests (which write the real videos they decode).
+Writing videos (the synthetic dataset, the decode benchmark and the tests, which write the real videos they decode),
+header facts (`stream_info`) and the primitives of the PyAV decode backend (`iter_frames`), which
+pipeline.data.decode composes for files decord 0.6 cannot decode (AV1, issue 13).
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 from collections.abc import Iterable, Iterator
@@ -23,7 +26,13 @@ CODECS: dict[str, str] = {
     "mpeg4": "yuv420p",
     "libvpx-vp9": "yuv420p",
     "libvpx": "yuv420p",
+    "libsvtav1": "yuv420p",  # AV1 (YouTube's current codec), which decord 0.6 cannot decode (issue 13)
 }
+
+
+def available_codecs() -> frozenset[str]:
+    """Codec names (encoders and decoders) of PyAV's FFmpeg build: what tests can write, e.g. "libsvtav1"."""
+    return frozenset(av.codecs_available)
 
 
 class EncodeError(RuntimeError):
@@ -41,6 +50,7 @@ def write_video(
     bitrate: int | None = None,
     preset: str = "veryfast",
     bframes: int | None = None,
+    rotation: int = 0,
 ) -> Path:
     """Write uint8 RGB frames (F, H, W, 3) to `path` (the container follows the extension: .mp4, .avi, .webm, .mkv).
 
@@ -49,7 +59,8 @@ def write_video(
     `gop` is the keyframe interval (None: the encoder's default, 250 for x264). `crf` sets constant quality for
     libx264/libvpx-vp9 (default 18 for x264, 32 for VP9); `bitrate` (bits/s) is used for mpeg4 or when given.
     `bframes`=0 disables B-frames (x264), which makes decode order equal presentation order.
-    4:2:0 encoders need even frame sizes.
+    4:2:0 encoders need even frame sizes. `rotation` (0, 90, 180, 270; counter-clockwise, as FFmpeg reads it back)
+    writes a display matrix, as phones do for portrait video: the frames are stored as given and shown rotated.
     """
     path = Path(path)
     if isinstance(frames, np.ndarray):
@@ -66,6 +77,8 @@ def write_video(
         raise EncodeError(f"{path}: expected uint8 RGB frames (H, W, 3), got {first.dtype} {first.shape}")
     if codec not in CODECS:
         raise EncodeError(f"{path}: unsupported codec {codec!r}; valid: {', '.join(CODECS)}")
+    if rotation % 90:
+        raise EncodeError(f"{path}: rotation must be a multiple of 90 degrees, got {rotation}")
     height, width, _ = first.shape
     if height % 2 or width % 2:
         raise EncodeError(f"{path}: {codec}/yuv420p needs even frame sizes, got {width}x{height}")
@@ -86,12 +99,17 @@ def write_video(
         options["b"] = "0"
         options["deadline"] = "realtime"
         options["cpu-used"] = "8"
+    elif codec == "libsvtav1":
+        # The fastest preset: tests need tiny files quickly, not compression.
+        options["preset"] = "12"
     rate = Fraction(fps).limit_denominator(1001)
     try:
         with av.open(str(path), mode="w") as container:
             stream = container.add_stream(codec, rate=rate, options=options)
             stream.width, stream.height = width, height
             stream.pix_fmt = CODECS[codec]
+            if rotation % 360:
+                stream.set_display_rotation(int(rotation))
             if gop is not None:
                 stream.codec_context.gop_size = int(gop)
             if bitrate is not None or codec in ("mpeg4", "libvpx"):
@@ -188,7 +206,7 @@ def decode_all_pyav(path: str | Path) -> np.ndarray:
     """
     frames = []
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = container.streams.best("video")
         for packet in container.demux(stream):
             try:
                 decoded = packet.decode()
@@ -201,27 +219,223 @@ def decode_all_pyav(path: str | Path) -> np.ndarray:
     return np.stack(frames)
 
 
-def stream_info(source) -> dict | None:
-    """Header facts of the first video stream of a path or binary file-like object, read with FFmpeg (PyAV).
+def write_streams(path: str | Path, streams: list[np.ndarray], fps: float) -> Path:
+    """Write one H.264 video stream per uint8 (F, H, W, 3) array into one container (e.g. a camera's main and preview
+    streams, or a picture-in-picture recording): a multi-stream file for tests. Even sizes only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), mode="w") as container:
+        outs = []
+        for frames in streams:
+            stream = container.add_stream("libx264", rate=rate, options={"preset": "veryfast", "crf": "18"})
+            stream.height, stream.width = frames.shape[1:3]
+            stream.pix_fmt = "yuv420p"
+            outs.append(stream)
+        for i in range(max(len(f) for f in streams)):
+            for stream, frames in zip(outs, streams):
+                if i < len(frames):
+                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
+                    for packet in stream.encode(frame):
+                        container.mux(packet)
+        for stream in outs:
+            for packet in stream.encode(None):
+                container.mux(packet)
+    return path
 
-    Returns {"codec", "width", "height", "fps", "frames"} ("frames" is the container's claim, 0 when unknown), or
-    None when the container holds no video stream (an audio-only file). Raises av.FFmpegError subclasses (as
-    `ValueError`/`OSError`) when FFmpeg cannot open the container. decode.probe uses it for what decord does not
-    expose (codec name, stream presence, native size).
+
+# Packets to read for the first decodable frame (its display matrix) before giving up: covers the undecodable head
+# of a mid-GOP cut (at most a GOP of packets, usually far fewer).
+_ROTATION_PACKETS = 300
+
+
+def _rotation(container, stream) -> int:
+    """The display rotation (0, 90, 180, 270; counter-clockwise) of `stream`, from its first decodable frame.
+
+    FFmpeg exposes the display matrix on decoded frames (PyAV has no stream-level getter); phones store portrait
+    video as landscape frames plus a 90 or 270 degree display rotation.
+    """
+    for n, packet in enumerate(container.demux(stream)):
+        if n >= _ROTATION_PACKETS:
+            break
+        try:
+            frames = packet.decode()
+        except av.FFmpegError:
+            continue  # a packet whose references are missing (mid-GOP cut)
+        for frame in frames:
+            return int(round(frame.rotation / 90.0)) * 90 % 360
+    return 0
+
+
+def stream_info(source) -> dict | None:
+    """Header facts of the video stream FFmpeg picks (av_find_best_stream, as decord does) of a path or binary
+    file-like object.
+
+    Returns {"codec", "width", "height" (as displayed: swapped for a 90/270 degree display rotation), "coded_width",
+    "coded_height", "rotation", "fps", "frames" (the container's claim, 0 when unknown), "index" (the stream's index
+    among the video streams), "video_streams" (codec and coded size of every video stream)}, or
+    None when the container holds no video stream (an audio-only file). Raises `ValueError` when FFmpeg cannot open
+    the container. decode.probe uses it for what decord does not expose (codec name, stream presence, rotation).
     """
     try:
         with av.open(source, mode="r") as container:
             if not container.streams.video:
                 return None
-            stream = container.streams.video[0]
+            stream = container.streams.best("video") or container.streams.video[0]
             ctx = stream.codec_context
             rate = stream.average_rate or stream.guessed_rate or 0
-            return {
-                "codec": ctx.name or "unknown",
-                "width": int(ctx.width),
-                "height": int(ctx.height),
+            facts = {
+                # The codec, not the decoder FFmpeg chose for it ("av1", not "libdav1d").
+                "codec": getattr(ctx.codec, "canonical_name", None) or ctx.name or "unknown",
+                "coded_width": int(ctx.width),
+                "coded_height": int(ctx.height),
                 "fps": float(rate) if rate else 0.0,
                 "frames": int(stream.frames or 0),
+                "index": list(container.streams.video).index(stream),
+                "video_streams": [{"codec": getattr(s.codec_context.codec, "canonical_name", None) or "unknown",
+                                   "coded_width": int(s.codec_context.width),
+                                   "coded_height": int(s.codec_context.height)} for s in container.streams.video],
             }
+            facts["rotation"] = _rotation(container, stream)
     except av.FFmpegError as e:
         raise ValueError(f"FFmpeg cannot open the container: {e}") from e
+    swap = facts["rotation"] in (90, 270)
+    facts["width"], facts["height"] = ((facts["coded_height"], facts["coded_width"]) if swap
+                                       else (facts["coded_width"], facts["coded_height"]))
+    return facts
+
+
+def iter_frames(source, *, stream_index: int | None = None, stream_size: tuple[int, int] | None = None,
+                size: tuple[int, int] | None = None, num_threads: int = 1):
+    """Yield the presentable frames of a video stream in presentation order as uint8 RGB (H, W, 3), in display
+    orientation (the display matrix applied): the PyAV decode backend.
+
+    `stream_index`: among the video streams (None: the one FFmpeg picks, as `stream_info`); or `stream_size`: the
+    first stream of this (width, height) in either orientation (the stream a manifest row describes; decord's
+    older FFmpeg may pick another "best" stream than PyAV's), else FFmpeg's pick. `size`: the output
+    (width, height) in display orientation (None: native); scaled by FFmpeg's swscale before the rotation.
+    Packets FFmpeg rejects (missing references after a mid-GOP cut) are skipped, as a player would; so the
+    numbering is FFmpeg's presentable frames, the same as decord's sequential decoding of such files.
+    Raises `ValueError` when the container cannot be opened and `RuntimeError` for a stream that fails mid-way.
+    """
+    try:
+        container = av.open(source, mode="r")
+    except av.FFmpegError as e:
+        raise ValueError(f"FFmpeg cannot open the container: {e}") from e
+    with container:
+        streams = container.streams.video
+        if not streams:
+            raise ValueError("the container holds no video stream")
+        stream = streams[stream_index] if stream_index is not None else _pick_stream(container, stream_size)
+        stream.codec_context.thread_count = int(num_threads)
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.InvalidDataError:
+                continue
+            except av.FFmpegError as e:
+                raise RuntimeError(f"FFmpeg failed decoding a packet: {e}") from e
+            for frame in frames:
+                yield _display_array(frame, size)
+
+
+def _pick_stream(container, stream_size: tuple[int, int] | None):
+    streams = container.streams.video
+    if not streams:
+        raise ValueError("the container holds no video stream")
+    stream = container.streams.best("video") or streams[0]
+    if stream_size is not None and len(streams) > 1:
+        wanted = sorted(int(v) for v in stream_size)
+        stream = next((s for s in streams if sorted((s.codec_context.width, s.codec_context.height)) == wanted),
+                      stream)
+    return stream
+
+
+def packet_index(source, *, stream_size: tuple[int, int] | None = None) -> tuple[list[int], list[int]] | None:
+    """(pts of every packet in presentation order, pts of the keyframes) of the stream `iter_frames` decodes, read
+    from the packets alone (no decoding); None when packets cannot stand for frames: a packet without pts, or a
+    first packet (decode order) that is not a keyframe (a mid-GOP cut, whose head does not decode)."""
+    try:
+        container = av.open(source, mode="r")
+    except av.FFmpegError as e:
+        raise ValueError(f"FFmpeg cannot open the container: {e}") from e
+    pts, keys = [], []
+    with container:
+        stream = _pick_stream(container, stream_size)
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the demuxer's flush packet
+                continue
+            if packet.pts is None or (not pts and not packet.is_keyframe):
+                return None
+            pts.append(int(packet.pts))
+            if packet.is_keyframe:
+                keys.append(int(packet.pts))
+    return sorted(pts), sorted(keys)
+
+
+def frames_at(source, wanted_pts: list[int], keyframe_pts: list[int], *, stream_size: tuple[int, int] | None = None,
+              size: tuple[int, int] | None = None, num_threads: int = 1) -> dict[int, np.ndarray]:
+    """The frames whose pts are in `wanted_pts` -> {pts: uint8 RGB (H, W, 3)} in display orientation (as
+    `iter_frames`), by seeking to the keyframe before each one (`keyframe_pts` from `packet_index`) and decoding
+    forward; consecutive targets in the same GOP share one pass. Frames are identified by their pts, never by
+    counting, so a frame that is not found is missing from the result rather than replaced by another."""
+    targets = sorted(set(int(p) for p in wanted_pts))
+    got: dict[int, np.ndarray] = {}
+    try:
+        container = av.open(source, mode="r")
+    except av.FFmpegError as e:
+        raise ValueError(f"FFmpeg cannot open the container: {e}") from e
+    with container:
+        stream = _pick_stream(container, stream_size)
+        stream.codec_context.thread_count = int(num_threads)
+        frames, last = None, None
+        for target in targets:
+            if target in got:
+                continue
+            k = bisect.bisect_right(keyframe_pts, target) - 1
+            key = keyframe_pts[max(k, 0)]
+            # Decoding on from where the last pass stopped costs less than a seek when no keyframe lies between.
+            if frames is None or last is None or not key <= last < target:
+                try:
+                    container.seek(key, stream=stream, backward=True, any_frame=False)
+                except av.FFmpegError as e:
+                    raise RuntimeError(f"FFmpeg cannot seek to pts {key}: {e}") from e
+                frames = _decoded(container, stream)
+            for frame in frames:
+                if frame.pts is None:
+                    continue
+                last = int(frame.pts)
+                if last in targets and last not in got:
+                    got[last] = frame
+                if last >= target:
+                    break
+            else:
+                frames = None  # the stream ended: the next target needs a seek
+    return {p: _display_array(f, size) for p, f in got.items()}
+
+
+def _decoded(container, stream):
+    """The decoded frames of `stream` from the container's position, skipping packets FFmpeg rejects."""
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.InvalidDataError:
+            continue
+        except av.FFmpegError as e:
+            raise RuntimeError(f"FFmpeg failed decoding a packet: {e}") from e
+
+
+def _display_array(frame, size: tuple[int, int] | None) -> np.ndarray:
+    """One decoded frame -> uint8 RGB (H, W, 3) in display orientation, scaled to `size` (display width, height)."""
+    turns = int(round(frame.rotation / 90.0)) % 4  # counter-clockwise quarter turns (np.rot90's convention)
+    if size is None:
+        array = frame.to_ndarray(format="rgb24")
+    else:
+        width, height = int(size[0]), int(size[1])
+        if turns % 2:  # scale in the coded orientation: the display's width is the coded height
+            width, height = height, width
+        # Bilinear: cheap, and the transforms resize and crop again downstream.
+        array = frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
+    if turns:
+        array = np.ascontiguousarray(np.rot90(array, k=turns))
+    return array

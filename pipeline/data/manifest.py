@@ -7,7 +7,8 @@ filesystems understand: s3://, gs://, ...):
   manifest.parquet    one row per accepted video, schema `MANIFEST_SCHEMA`, sorted by (split, label, video_id)
   labels.json         JSON list of class names; `label` in the manifest indexes it
   quarantine.parquet  rejected files: path, reason (a short stable code, see below), detail
-  summary.json        counts (accepted, rejected by reason, per split) and what was written where
+  summary.json        counts (candidates = accepted + rejected, rejected by reason, per split, per decode backend)
+                      and what was written where
 
 The label map is sorted by class name (Python string order), except where the source defines the numbering: the
 UCF101 `classInd.txt` (1-based there, 0-based here), integer labels of a table, or an explicit `labels=` list
@@ -20,7 +21,7 @@ Sources without a split get a stratified train/val split: per class, `round(n * 
 one when the class has two or more, never all of them) go to "val", chosen by a generator seeded from
 (seed, class name), so the split is reproducible and does not change when other classes are added.
 
-Rejection reasons: missing, is_directory, empty_file, not_a_video, no_video_stream, too_small, truncated,
+Rejection reasons: missing (also a dangling symbolic link), unreadable (permission denied, I/O error), is_directory, empty_file, not_a_video, no_video_stream, too_small, truncated,
 decode_error, timeout, crashed (from the probe, see pipeline.data.decode), unknown_label (a label that is not in
 the label map) and duplicate (the same video listed twice).
 """
@@ -62,7 +63,12 @@ MANIFEST_SCHEMA = pa.schema([
     ("duration", pa.float32()),  # seconds
     ("codec", pa.string()),
     ("size_bytes", pa.int64()),
+    # The decode backend the probe chose ("decord" or "pyav", pipeline.data.decode): training decodes with it.
+    ("backend", pa.string()),
 ])
+# Columns a manifest may lack (written before they existed), with the value they read as: "auto" decodes with
+# decord and falls back to PyAV where decord cannot open the file.
+OPTIONAL_COLUMNS = {"backend": "auto"}
 
 QUARANTINE_SCHEMA = pa.schema([("path", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 
@@ -133,7 +139,11 @@ def _write_bytes(path: str, data: bytes) -> None:
 
 
 def _list_files(root: str) -> list[tuple[str, int]]:
-    """(relative POSIX path, size) of every file under `root`, sorted; hidden files and folders skipped."""
+    """(relative POSIX path, size) of every file under `root`, sorted; hidden files and folders skipped.
+
+    Dangling symbolic links (local roots) are listed too, with size 0: the probe quarantines them as `missing`
+    instead of their disappearing without a trace (pyarrow's listing leaves them out).
+    """
     fs, base = resolve(root)
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.NotFound:
@@ -150,6 +160,13 @@ def _list_files(root: str) -> list[tuple[str, int]]:
         if any(part.startswith(".") for part in rel.split("/")):
             continue
         files.append((rel, int(entry.size or 0)))
+    if isinstance(fs, pafs.LocalFileSystem):
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                full = os.path.join(dirpath, name)
+                if not name.startswith(".") and os.path.islink(full) and not os.path.exists(full):
+                    files.append((os.path.relpath(full, base).replace(os.sep, "/"), 0))
     files.sort()
     return files
 
@@ -438,8 +455,11 @@ class _Prober:
     """Ray Data actor: probes paths in a killable child process (pipeline.data.decode.IsolatedDecoder), and with
     `normalize` re-encodes each accepted video into its "out_path" (in a second killable child) and probes that."""
 
-    def __init__(self, timeout_s: float, probe_fn=None, normalize: dict[str, Any] | None = None):
+    def __init__(self, timeout_s: float, probe_fn=None, normalize: dict[str, Any] | None = None,
+                 decoder: str = "auto"):
         from pipeline.data.decode import IsolatedDecoder
+
+        self._backend = decoder
 
         kwargs = {"probe_fn": probe_fn} if probe_fn is not None else {}
         self._decoder = IsolatedDecoder(timeout_s=timeout_s, max_clips_per_process=500, **kwargs)
@@ -452,9 +472,10 @@ class _Prober:
                                             decode_fn=_normalize_in_child)
 
     def _probe(self, path: str, row: dict[str, Any]) -> None:
-        info = self._decoder.probe(path)
+        info = self._decoder.probe(path, decoder=self._backend)
         row.update(num_frames=int(info.num_frames), fps=float(info.fps), width=int(info.width),
-                   height=int(info.height), duration=float(info.duration), codec=str(info.codec or ""))
+                   height=int(info.height), duration=float(info.duration), codec=str(info.codec or ""),
+                   backend=str(getattr(info, "backend", "") or "decord"))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pipeline.data.decode import DecodeError
@@ -462,7 +483,7 @@ class _Prober:
         out: dict[str, list] = defaultdict(list)
         for path, size, out_path in zip(batch["path"], batch["size_bytes"], batch["out_path"]):
             path = str(path)
-            row = {"num_frames": 0, "fps": 0.0, "width": 0, "height": 0, "duration": 0.0, "codec": "",
+            row = {"num_frames": 0, "fps": 0.0, "width": 0, "height": 0, "duration": 0.0, "codec": "", "backend": "",
                    "size_bytes": int(size), "source_bytes": int(size), "reason": "", "detail": ""}
             try:
                 self._probe(path, row)
@@ -548,7 +569,8 @@ def ensure_ray() -> None:
 
 
 def _probe_all(candidates: list[Candidate], timeout_s: float, workers: int | None, probe_fn=None,
-               normalize: dict[str, Any] | None = None, out_dir: str = "") -> list[dict[str, Any]]:
+               normalize: dict[str, Any] | None = None, out_dir: str = "", decoder: str = "auto"
+               ) -> list[dict[str, Any]]:
     import ray
 
     ensure_ray()
@@ -562,7 +584,8 @@ def _probe_all(candidates: list[Candidate], timeout_s: float, workers: int | Non
               "out_path": _normalized_path(out_dir, c.video_id) if normalize else ""} for c in candidates]
     ds = ray.data.from_items(items, override_num_blocks=math.ceil(n / rows_per_block)).map_batches(
         _Prober,
-        fn_constructor_kwargs={"timeout_s": timeout_s, "probe_fn": probe_fn, "normalize": normalize},
+        fn_constructor_kwargs={"timeout_s": timeout_s, "probe_fn": probe_fn, "normalize": normalize,
+                               "decoder": decoder},
         batch_size=rows_per_block,
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=1,
@@ -595,6 +618,10 @@ class PrepareSummary:
     files: dict[str, str]
     seconds: float = 0.0
     normalized: dict[str, Any] | None = None
+    # Every video the source listed: accepted + sum(rejected.values()).
+    candidates: int = 0
+    # Accepted videos per decode backend ({"decord": n, "pyav": m}).
+    backends: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -603,6 +630,8 @@ class PrepareSummary:
         total_rejected = sum(self.rejected.values())
         lines = [f"prepared {self.accepted} videos in {self.num_classes} classes "
                  f"({total_rejected} rejected) in {self.seconds:.1f} s"]
+        if self.backends:
+            lines.append("  decoders   " + "  ".join(f"{k}: {v}" for k, v in sorted(self.backends.items())))
         lines.append("  splits     " + ("  ".join(f"{k}: {v}" for k, v in sorted(self.splits.items())) or "-"))
         if total_rejected:
             lines.append("  rejected   " + "  ".join(f"{k}: {v}" for k, v in sorted(self.rejected.items())))
@@ -639,7 +668,7 @@ def stratified_split(video_ids_by_class: dict[str, list[str]], val_fraction: flo
 def prepare(source: Any, out_dir: str | os.PathLike, *, val_fraction: float = 0.1, seed: int = 0,
             probe_timeout_s: float = 120.0, normalize_short_side: int | None = None,
             normalize_gop: int | None = None, probe_workers: int | None = None,
-            probe_fn: Callable | None = None) -> PrepareSummary:
+            probe_fn: Callable | None = None, decoder: str = "auto") -> PrepareSummary:
     """List, probe (on Ray) and write the manifest, label map, quarantine and summary of `source` to `out_dir`.
 
     `source` is a FolderSource, KineticsSource, UCF101Source or TableSource (anything with `.list() -> Listing`).
@@ -649,6 +678,8 @@ def prepare(source: Any, out_dir: str | os.PathLike, *, val_fraction: float = 0.
     `normalize_short_side` / `normalize_gop`: re-encode every accepted video as H.264 with this short side (never
     upscaled) and keyframe interval (pipeline.data.normalize) into out_dir/videos_normalized/<video_id>.mp4; the
     manifest then points at (and describes) those files, and the summary records the size ratio.
+    `decoder`: the probe's decode backend, "auto" (decord, PyAV for files decord cannot decode), "decord" or
+    "pyav" (pipeline.data.decode); the manifest's `backend` column records the one each video was probed with.
     """
     normalize = None
     if normalize_short_side is not None or normalize_gop is not None:
@@ -659,6 +690,10 @@ def prepare(source: Any, out_dir: str | os.PathLike, *, val_fraction: float = 0.
         # A re-encode decodes and encodes the whole video: allow it several probe timeouts.
         normalize = {"short_side": normalize_short_side, "gop": normalize_gop,
                      "timeout_s": NORMALIZE_TIMEOUT_FACTOR * probe_timeout_s}
+    from pipeline.data.decode import BACKENDS
+
+    if decoder not in BACKENDS:
+        raise ManifestError(f"decoder must be one of {', '.join(BACKENDS)}, got {decoder!r}")
     if probe_timeout_s <= 0:
         raise ManifestError(f"probe_timeout_s must be > 0, got {probe_timeout_s}")
     if not 0.0 <= val_fraction < 1.0:
@@ -686,7 +721,7 @@ def prepare(source: Any, out_dir: str | os.PathLike, *, val_fraction: float = 0.
 
     log.info("probing %d videos from %s", len(candidates), _source_name(source))
     probes = {r["path"]: r for r in _probe_all(candidates, probe_timeout_s, probe_workers, probe_fn, normalize,
-                                               out_dir)}
+                                               out_dir, decoder)}
     accepted: list[tuple[Candidate, dict[str, Any]]] = []
     for c in candidates:
         r = probes[c.path]
@@ -707,7 +742,7 @@ def prepare(source: Any, out_dir: str | os.PathLike, *, val_fraction: float = 0.
              "label": index[c.label_name], "label_name": c.label_name,
              "split": c.split or assigned[c.video_id], "num_frames": r["num_frames"], "fps": r["fps"],
              "width": r["width"], "height": r["height"], "duration": r["duration"], "codec": r["codec"],
-             "size_bytes": r["size_bytes"]} for c, r in accepted]
+             "size_bytes": r["size_bytes"], "backend": r["backend"]} for c, r in accepted]
     rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["label"], r["video_id"]))
     manifest = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     rejected.sort(key=lambda r: r["path"])
@@ -730,7 +765,9 @@ def prepare(source: Any, out_dir: str | os.PathLike, *, val_fraction: float = 0.
     summary = PrepareSummary(
         out_dir=out_dir, accepted=len(rows), rejected=dict(sorted(Counter(r["reason"] for r in rejected).items())),
         splits=dict(sorted(Counter(r["split"] for r in rows).items())), num_classes=len(label_names), files=files,
-        seconds=round(time.monotonic() - started, 2), normalized=normalized)
+        seconds=round(time.monotonic() - started, 2), normalized=normalized,
+        candidates=len(listing.candidates) + len(listing.rejected),
+        backends=dict(sorted(Counter(r["backend"] for r in rows).items())))
     _write_bytes(files["summary"], json.dumps(summary.to_dict(), indent=2).encode())
     log.info("%s", summary.describe())
     return summary
@@ -764,10 +801,23 @@ def manifest_file(path_or_dir: str | os.PathLike) -> str:
 
 
 def check_manifest_schema(schema: pa.Schema, where: str) -> None:
-    missing = [f.name for f in MANIFEST_SCHEMA if f.name not in schema.names]
+    missing = [f.name for f in MANIFEST_SCHEMA if f.name not in schema.names and f.name not in OPTIONAL_COLUMNS]
     if missing:
         raise ManifestError(f"{where}: missing manifest column(s) {', '.join(missing)}; expected "
                             f"{', '.join(MANIFEST_SCHEMA.names)}")
+
+
+def with_optional_columns(table: pa.Table) -> pa.Table:
+    """`table` with the OPTIONAL_COLUMNS it lacks added, and their nulls filled, with their default values."""
+    import pyarrow.compute as pc
+
+    for name, default in OPTIONAL_COLUMNS.items():
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array([default] * table.num_rows, pa.string()))
+        elif table.column(name).null_count:
+            i = table.column_names.index(name)
+            table = table.set_column(i, name, pc.fill_null(table.column(name), default))
+    return table
 
 
 def read_manifest(path_or_dir: str | os.PathLike, split: str | None = None) -> pa.Table:
@@ -779,6 +829,7 @@ def read_manifest(path_or_dir: str | os.PathLike, split: str | None = None) -> p
     except (pa.ArrowInvalid, OSError) as e:
         raise ManifestError(f"{path}: not a readable Parquet manifest: {e}") from e
     check_manifest_schema(table.schema, path)
+    table = with_optional_columns(table)
     try:
         table = table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:

@@ -48,7 +48,7 @@ def normalize_video(src: str | Path, dst: str | Path, short_side: int = 256, gop
     target = min(short_side, min(info.width, info.height))  # never upscale
     indices = np.arange(info.num_frames, dtype=np.int64)
     frames = decode_frames(src, indices, short_side=target, num_threads=num_threads, num_frames=info.num_frames,
-                           size=(info.width, info.height))
+                           size=(info.width, info.height), backend=info.backend)
     frames = even_crop(frames)
     fps = info.fps if info.fps and info.fps > 0 else 30.0
     if "://" in dst:

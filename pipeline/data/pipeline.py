@@ -62,6 +62,8 @@ OUTPUT_COLUMNS = ("clip", "label", "video_id", "clip_index")
 RUN_STATE_NAME = "eco-data-run-state"
 # Manifest columns the decode stage reads.
 _DECODE_COLUMNS = ("video_id", "path", "label", "num_frames", "width", "height")
+# A video manifest also names the decode backend its probe chose (pipeline.data.manifest.OPTIONAL_COLUMNS).
+_VIDEO_COLUMNS = (*_DECODE_COLUMNS, "backend")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -123,13 +125,17 @@ class _ClipDecoder(RowClipDecoder):
     """
 
     columns = _DECODE_COLUMNS
+    # The probe's backend (manifests written before it existed have none: "auto").
+    optional_columns = ("epoch", "backend")
 
     def __init__(self, *, num_threads: int, timeout_s: float, max_clips_per_process: int,
-                 run_state: ray.actor.ActorHandle | None = None, decode_fn: Callable | None = None, **clip_kwargs):
+                 run_state: ray.actor.ActorHandle | None = None, decode_fn: Callable | None = None,
+                 backend: str = "auto", **clip_kwargs):
         from pipeline.data.decode import shared_decoder
 
         super().__init__(**clip_kwargs)
         self.num_threads, self.run_state = num_threads, run_state
+        self.backend = backend  # data.decoder: "auto" follows each row's probed backend
         self.decoder = shared_decoder(timeout_s=timeout_s, max_clips_per_process=max_clips_per_process,
                                       decode_fn=decode_fn)
 
@@ -137,7 +143,12 @@ class _ClipDecoder(RowClipDecoder):
         # num_frames (probed) clamps indices to frames that really decode; size saves a header read.
         return self.decoder.decode(str(row["path"]), indices, short_side=self.short_side,
                                    num_threads=self.num_threads, num_frames=int(row["num_frames"]),
-                                   size=(int(row["width"]), int(row["height"])))
+                                   size=(int(row["width"]), int(row["height"])), backend=self._backend(row))
+
+    def _backend(self, row: dict[str, Any]) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return str(row.get("backend") or "auto")
 
     def _describe(self, row: dict[str, Any], error: Exception) -> tuple[str, str]:
         from pipeline.data.decode import DecodeError
@@ -274,10 +285,11 @@ def _split_rows(manifest: str | os.PathLike | pa.Table, split: str, data_format:
     """The manifest rows of `split`, decode columns only (validated here: missing columns, wrong types, an empty
     split or a video manifest given as shards fail on the driver with the file named)."""
     # A shard manifest is a video manifest whose `path` names a shard file, plus the video's record batch.
-    columns = [*_DECODE_COLUMNS, "batch_index"] if data_format == "shards" else list(_DECODE_COLUMNS)
+    columns = [*_DECODE_COLUMNS, "batch_index"] if data_format == "shards" else list(_VIDEO_COLUMNS)
     if isinstance(manifest, pa.Table):
         manifest_lib.check_manifest_schema(manifest.schema, "manifest table")
         _check_format(manifest.schema, data_format, "manifest table")
+        manifest = manifest_lib.with_optional_columns(manifest)
         rows = manifest.filter(pc.equal(manifest.column("split"), split))
         if rows.num_rows == 0:
             raise manifest_lib.ManifestError(f"manifest table: no rows with split {split!r}")
@@ -304,7 +316,8 @@ def _decoder_kwargs(cfg: Config, run_state, *, train: bool, decode_fn) -> dict[s
     return dict(train=train, num_segments=cfg.model.num_segments, short_side=d.short_side, crop_size=d.crop_size,
                 multiscale=d.multiscale_crop, flip=d.horizontal_flip, shuffle_frames=d.shuffle_frames,
                 seed=cfg.train.seed, num_threads=d.decode_threads, timeout_s=d.decode_timeout_s,
-                max_clips_per_process=d.decode_max_clips_per_process, run_state=run_state, decode_fn=decode_fn)
+                max_clips_per_process=d.decode_max_clips_per_process, run_state=run_state, decode_fn=decode_fn,
+                **({"backend": d.decoder} if d.format == "video" else {}))
 
 
 def _blocks_per_task(blocks: int, decode_workers: int) -> int:

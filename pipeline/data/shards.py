@@ -457,7 +457,8 @@ def _frames_for_video(row: dict[str, Any], kept: np.ndarray, short_side: int, de
         chunk = kept[start:start + _DECODE_CHUNK]
         # The same call as the video pipeline's decoder, so shard frames are the frames the video path decodes.
         yield decoder.decode(row["path"], chunk, short_side=short_side, num_threads=1,
-                             num_frames=int(row["num_frames"]), size=(int(row["width"]), int(row["height"])))
+                             num_frames=int(row["num_frames"]), size=(int(row["width"]), int(row["height"])),
+                             backend=str(row.get("backend") or "auto"))
 
 
 def _write_chunk(rows: list[dict[str, Any]], out_dir: str, prefix: str, *, fmt: str, short_side: int,

@@ -206,18 +206,20 @@ class _DecodeClips:
         clips = np.zeros((n, p.num_segments, p.crop_size, p.crop_size, 3), np.uint8)
         reasons, details = [""] * n, [""] * n
         frame_counts, widths, heights = batch.get("num_frames"), batch.get("width"), batch.get("height")
+        backends = batch.get("backend")  # the probe's decode backend, when the input is a manifest that has it
         for i, path in enumerate(batch["path"]):
             path = str(path)
             try:
                 # The manifest's probed facts save a probe (a full decode at 64x64) per video.
                 num_frames = int(frame_counts[i]) if frame_counts is not None else 0
                 size = (int(widths[i]), int(heights[i])) if widths is not None and heights is not None else None
+                backend = str(backends[i]) if backends is not None and backends[i] else "auto"
                 if num_frames <= 0 or not size or min(size) <= 0:
                     info = self.decoder.probe(path)
-                    num_frames, size = info.num_frames, (info.width, info.height)
+                    num_frames, size, backend = info.num_frames, (info.width, info.height), info.backend
                 indices = eval_indices(num_frames, p.num_segments)
                 frames = self.decoder.decode(path, indices, short_side=p.short_side, num_frames=num_frames,
-                                             size=size)
+                                             size=size, backend=backend)
                 clips[i] = preprocess_frames(frames, p)
             except DecodeError as e:
                 reasons[i], details[i] = e.reason, str(getattr(e, "detail", "") or e)

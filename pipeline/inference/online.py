@@ -180,6 +180,7 @@ def stream_frames(path: str, *, short_side: int, chunk: int = 64,
             start = 0
             while True:
                 got = decoder.stream_chunk(path, start, chunk, short_side=short_side, size=(info.width, info.height),
+                                           backend=info.backend,
                                            num_frames=info.num_frames)
                 yield from got
                 start += len(got)

@@ -192,7 +192,7 @@ class Predictor:
         info = decoder.probe(path)
         indices = eval_indices(info.num_frames, p.num_segments)
         frames = decoder.decode(path, indices, short_side=p.short_side, num_frames=info.num_frames,
-                                size=(info.width, info.height))
+                                size=(info.width, info.height), backend=info.backend)
         return preprocess_frames(frames, p)
 
     def close(self) -> None:
