@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 # Ray Train V2 is the default in Ray 2.60; set it explicitly so older 2.x installs take the same code path.
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -78,8 +78,11 @@ class _ExactEvalDataConfig(DataConfig):
         return output
 
 
-def train(cfg: Config) -> TrainResult:
-    """Run (or resume) the training described by `cfg`; returns where the checkpoints and W&B run are."""
+def train(cfg: Config, *, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Run (or resume) the training described by `cfg`; returns where the checkpoints and W&B run are.
+
+    `callbacks` go to Ray Train's RunConfig: a sweep trial passes Tune's `TuneReportCallback` so that every
+    epoch's report reaches Tune (pipeline.training.sweep)."""
     from pipeline.data import pipeline as data_pipeline
     from pipeline.data.manifest import read_labels, read_manifest
 
@@ -128,6 +131,7 @@ def train(cfg: Config) -> TrainResult:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep,
                                                checkpoint_score_attribute=SCORE, checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
+            callbacks=list(callbacks) or None,
         ),
         datasets=datasets,
         dataset_config=_ExactEvalDataConfig(eval_datasets=["val"]),
