@@ -409,9 +409,9 @@ def run_sweep(cfg: Config, space: SweepSpace, name: str) -> SweepResult:
     cfg = train_run._absolute_paths(cfg)
     path = sweep_dir(cfg, name)
     local = "://" not in path
-    _check_spec(path, {"space": asdict(space), "recipe": cfg.to_dict()}, local=local)
     train_run._ensure_ray(cfg)
     check_fits(cfg, space.concurrency, ray.cluster_resources())
+    _check_spec(path, {"space": asdict(space), "recipe": cfg.to_dict()}, local=local)
 
     trainable = tune.with_resources(
         _trial_function(cfg.to_dict(), name, f"{path}/{RUNS_DIR}"),
@@ -434,7 +434,7 @@ def run_sweep(cfg: Config, space: SweepSpace, name: str) -> SweepResult:
                 reuse_actors=False,
             ),
             run_config=tune.RunConfig(name=name, storage_path=path.rsplit("/", 1)[0], verbose=0,
-                                      callbacks=[_progress_log(name)]),
+                                      callbacks=[_progress_log(name, space.metric)]),
         )
         log.info("sweep %s: %d trials over %s, %d at a time, %s, in %s", name, space.num_trials,
                  ", ".join(space.keys), space.concurrency, space.scheduler, path)
@@ -493,21 +493,22 @@ def _trial_function(recipe: dict[str, Any], sweep: str, runs_dir: str):
     return run_trial
 
 
-def _progress_log(sweep: str):
+def _progress_log(sweep: str, metric: str):
     from ray import tune
 
     class ProgressLog(tune.Callback):
         """The project's own console lines for a sweep (Tune's status tables are off: verbose=0)."""
 
-        def __init__(self, sweep: str):
-            self.sweep = sweep
+        def __init__(self, sweep: str, metric: str):
+            self.sweep, self.metric = sweep, metric
 
         def on_trial_start(self, iteration, trials, trial, **info):
             log.info("sweep %s: trial %s started: %s", self.sweep, trial.trial_id, _overrides_text(trial.config))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            log.info("sweep %s: trial %s epoch %s  val top-1 %s  train loss %.4f", self.sweep, trial.trial_id,
-                     result.get("epoch"), f"{result.get('val_top1', -1):.1%}", result.get("train_loss", math.nan))
+            log.info("sweep %s: trial %s epoch %s  %s %.4g  val top-1 %s", self.sweep, trial.trial_id,
+                     result.get("epoch"), self.metric, result.get(self.metric, math.nan),
+                     f"{result.get('val_top1', -1):.1%}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             log.info("sweep %s: trial %s ended after %s epochs", self.sweep, trial.trial_id,
@@ -516,7 +517,7 @@ def _progress_log(sweep: str):
         def on_trial_error(self, iteration, trials, trial, **info):
             log.warning("sweep %s: trial %s failed: %s", self.sweep, trial.trial_id, trial.error_file)
 
-    return ProgressLog(sweep)
+    return ProgressLog(sweep, metric)
 
 
 def _overrides_text(config: dict[str, Any]) -> str:
