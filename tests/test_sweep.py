@@ -50,7 +50,9 @@ def test_space_parses_every_kind_into_a_typed_space(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"space": {"optim.learning_rate": {"choice": [0.1]}}}, "space.optim.learning_rate"),
+    ({"space": {"optim.learning_rate": {"choice": [0.1]}}}, "space.optim.learning_rate: unknown config key; "
+                                                            "valid: optim.lr, optim.base_batch_size"),
+    ({"space": {"optimiser.lr": {"choice": [0.1]}}}, "space.optimiser.lr: unknown config key; valid: model, data"),
     ({"space": {"optim.lr": {"normal": [0, 1]}}}, "space.optim.lr: expected one of"),
     ({"space": {"optim.lr": {"loguniform": [0.0, 0.1]}}}, "must be > 0 for a log scale"),
     ({"space": {"optim.lr": {"uniform": [0.1, 0.01]}}}, "space.optim.lr.uniform: low 0.1 must be < high 0.01"),

@@ -181,7 +181,11 @@ def _parse_param(key: Any, spec: Any, recipe: Config) -> Param:
     where = f"space.{key}"
     if not isinstance(key, str) or key.count(".") != 1:
         raise SweepError(f"{where}: expected a config key section.name (e.g. optim.lr)")
-    section = key.split(".")[0]
+    section, name = key.split(".")
+    known = recipe.to_dict()
+    if section not in known or name not in known[section]:
+        valid = ", ".join(f"{section}.{k}" for k in known[section]) if section in known else ", ".join(known)
+        raise SweepError(f"{where}: unknown config key; valid: {valid}")
     if section in RESERVED_SECTIONS:
         raise SweepError(f"{where}: {section}.* is set by the sweep itself (run names, W&B group, per-trial "
                          f"resources); sweep over model, data, optim or train keys")
@@ -255,7 +259,7 @@ def check_fits(cfg: Config, concurrency: int, cluster: dict[str, float]) -> None
             f"2 datasets x {d.decode_workers} x {d.decode_cpus:g} CPU. "
             + (f"Lower concurrency to {fit}" if fit >= 1 else "One trial alone does not fit: lower "
                "scaling.num_workers / cpus_per_worker or data.decode_workers / decode_cpus")
-            + " or add nodes.")
+            + " or add nodes (a local instance: raise scaling.local_num_cpus).")
 
 
 # --- results: pure -------------------------------------------------------------------------------------------
