@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="a Ray Tune sweep of Ray Train runs of a recipe, ASHA early stopping")
     p.add_argument("--config", required=True, help="YAML recipe every trial starts from (jobs/configs/*.yaml)")
-    p.add_argument("--space", required=True, help="SPACE.yaml: searched keys, metric, trials, concurrency, scheduler")
+    p.add_argument("--space", required=True,
+                   help="SPACE.yaml: searched keys, metric, trials, concurrency, scheduler")
     p.add_argument("--name", default=None,
                    help="sweep name (default: the space file's name); submitting the same name again resumes it")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
