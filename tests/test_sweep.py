@@ -177,8 +177,8 @@ def test_sweep_asha_over_ray_train_then_resume(tiny_data, tmp_path):
     assert all(t.epochs_run == (1 if t.stopped_early else EPOCHS) for t in result.trials)
     # Stopped trials' Train workers exited (the trial's Tune actor owns the Train controller, which owns them):
     # the processes each checkpoint recorded are gone. Actors exit asynchronously: wait for it, do not time it.
-    pids = [w["pid"] for t in result.trials for w in json.loads((Path(t.run_dir) / "epoch_0001" / "workers.json")
-                                                                 .read_text())]
+    latest = [sorted(Path(t.run_dir).glob("epoch_*"))[-1] for t in result.trials]  # num_to_keep=1 keeps best+latest
+    pids = [w["pid"] for checkpoint in latest for w in json.loads((checkpoint / "workers.json").read_text())]
     assert len(pids) == 4
     _wait_until(lambda: not any(process_name(pid).startswith("ray::") for pid in pids))
 
@@ -202,7 +202,9 @@ def test_sweep_asha_over_ray_train_then_resume(tiny_data, tmp_path):
         assert all("sweep:lr-sweep" in run.tags for run in logged)
         assert logged[0].config["optim"]["lr"] == t.overrides["optim.lr"]
         assert logged[0].config["checkpoint"]["run_name"] == t.trial
-        assert sorted({e for run in logged for e in run.values("epoch")}) == list(range(1, t.epochs_run + 1))
+        epochs = sorted({e for run in logged for e in run.values("epoch")})
+        # A stopped trial's worker is killed with the trial: wandb may not have flushed its last epoch by then.
+        assert epochs == list(range(1, t.epochs_run + 1)) if not t.stopped_early else set(epochs) <= {1}
 
     # --- resubmitting the finished sweep reruns nothing -------------------------------------------------------------
     before = {t.trial: sorted(p.name for p in Path(t.run_dir).glob("epoch_*")) for t in result.trials}
