@@ -83,6 +83,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.training.sweep import load_space, run_sweep
+
+    cfg = load_config(args.config, args.set)
+    space = load_space(args.space, cfg)
+    result = run_sweep(cfg, space, args.name or Path(args.space).stem)
+    print(result.describe())
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.training.evaluate import evaluate
 
@@ -188,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML recipe (jobs/configs/*.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="a Ray Tune sweep of Ray Train runs of a recipe, ASHA early stopping")
+    p.add_argument("--config", required=True, help="YAML recipe every trial starts from (jobs/configs/*.yaml)")
+    p.add_argument("--space", required=True,
+                   help="SPACE.yaml: searched keys, metric, trials, concurrency, scheduler")
+    p.add_argument("--name", default=None,
+                   help="sweep name (default: the space file's name); submitting the same name again resumes it")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a key of the recipe (for every trial)")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a manifest")
     p.add_argument("--checkpoint", required=True)

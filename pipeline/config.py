@@ -212,6 +212,10 @@ class WandbConfig:
     # Where offline runs are written (wandb's `dir`); None puts them under the run's storage directory.
     dir: str | None = None
     log_sample_clips: int = 4
+    # W&B run group and tags: `eco sweep` puts every trial of a sweep in one group named after the sweep
+    # (pipeline.training.sweep), so the dashboard compares them side by side.
+    group: str | None = None
+    tags: tuple[str, ...] = ()
 
     def validate(self) -> None:
         _check(self.log_sample_clips >= 0, "wandb.log_sample_clips", "must be >= 0")

@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 # Ray Train V2 is the default in Ray 2.60; set it explicitly so older 2.x installs take the same code path.
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -78,11 +78,14 @@ class _ExactEvalDataConfig(DataConfig):
         return output
 
 
-def train(cfg: Config, *, batch_hook: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> TrainResult:
+def train(cfg: Config, *, callbacks: Sequence[Any] = (),
+          batch_hook: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> TrainResult:
     """Run (or resume) the training described by `cfg`; returns where the checkpoints and W&B run are.
 
-    `batch_hook` (picklable, module-level) is applied to every batch in the workers before the model sees it: an
-    injection point for tests (tests/residency.py emulates accelerator-resident batches with it).
+    `callbacks` go to Ray Train's RunConfig: a sweep trial passes Tune's `TuneReportCallback` so that every
+    epoch's report reaches Tune (pipeline.training.sweep). `batch_hook` (picklable, module-level) is applied to
+    every batch in the workers before the model sees it: an injection point for tests (tests/residency.py emulates
+    accelerator-resident batches with it).
     """
     from pipeline.data import pipeline as data_pipeline
     from pipeline.data.manifest import read_labels, read_manifest
@@ -135,6 +138,7 @@ def train(cfg: Config, *, batch_hook: Callable[[dict[str, Any]], dict[str, Any]]
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep,
                                                checkpoint_score_attribute=SCORE, checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
+            callbacks=list(callbacks) or None,
         ),
         datasets=datasets,
         dataset_config=_ExactEvalDataConfig(eval_datasets=["val"]),

@@ -66,6 +66,8 @@ class Tracker:
             dir=str(directory),
             id=run_id(cfg),
             name=cfg.checkpoint.run_name,
+            group=cfg.wandb.group,
+            tags=list(cfg.wandb.tags) or None,
             resume="allow",
             config={**cfg.to_dict(), **(extra_config or {})},
             # Keep the 2-core CI machine for training: no system-metrics sampler, no console capture or code copy.
@@ -168,6 +170,8 @@ class OfflineRun:
     path: Path
     run_id: str = ""
     project: str = ""
+    group: str = ""
+    tags: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -199,6 +203,7 @@ def read_offline_run(run_dir: str | Path) -> OfflineRun:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             out.run_id, out.project = record.run.run_id, record.run.project
+            out.group, out.tags = record.run.run_group, list(record.run.tags)
             out.config.update({u.key: json.loads(u.value_json) for u in record.run.config.update})
         elif kind == "config":
             out.config.update({u.key: json.loads(u.value_json) for u in record.config.update})
