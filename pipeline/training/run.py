@@ -22,7 +22,9 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 import ray  # noqa: E402
 import ray.train  # noqa: E402
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: E402
+from ray.train import (  # noqa: E402
+    CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback,
+)
 from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
 from pipeline import raystart, storage  # noqa: E402
@@ -62,6 +64,32 @@ class TrainResult:
             lines.append(f"  W&B offline run    {len(self.wandb_runs)} folder(s){where}, one W&B run; upload: "
                          f"{tracking.sync_command(self.wandb_runs)}")
         return "\n".join(lines)
+
+
+class _FailureSummary(UserCallback):
+    """One line per worker-group failure, on the Ray Train controller: which ranks failed, why (first line), and the
+    checkpoint the restarted group resumes from. Ray prints the workers' full tracebacks above it; this is the line
+    to read (issue 11, "job logs")."""
+
+    def __init__(self, storage_path: str, max_failures: int):
+        self.storage_path, self.max_failures = storage_path, max_failures
+        self.latest: str | None = None
+        self.failures = 0
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if checkpoint is not None:
+            self.latest = _uri(self.storage_path, checkpoint.path)
+
+    def after_exception(self, run_context, worker_exceptions) -> None:
+        self.failures += 1
+        ranks = ", ".join(str(r) for r in sorted(worker_exceptions))
+        first = next(iter(worker_exceptions.values()))
+        reason = (str(first).strip().splitlines() or [type(first).__name__])[0][:200]
+        retry = (f"restarting from {self.latest or 'the start (no checkpoint yet)'}"
+                 if self.failures <= self.max_failures or self.max_failures < 0
+                 else "no restarts left (checkpoint.max_failures)")
+        log.warning("training worker rank %s failed (%s: %s); failure %d, %s", ranks, type(first).__name__, reason,
+                    self.failures, retry)
 
 
 class _ExactEvalDataConfig(DataConfig):
@@ -137,6 +165,10 @@ def train(cfg: Config) -> TrainResult:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep,
                                                checkpoint_score_attribute=SCORE, checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
+            callbacks=[_FailureSummary(cfg.checkpoint.storage_path, cfg.checkpoint.max_failures)],
+            # Train workers and the controller upload checkpoints: forward the storage settings even when the
+            # caller initialised Ray itself (pipeline.raystart forwards them for the whole job otherwise).
+            worker_runtime_env=storage.storage_runtime_env() or {},
         ),
         datasets=datasets,
         dataset_config=_ExactEvalDataConfig(eval_datasets=["val"]),
