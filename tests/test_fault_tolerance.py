@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.run import train
-from pipeline.training.tracking import find_offline_runs, read_offline_run, sync_command, wandb_dir
+from pipeline.training.tracking import find_offline_runs, read_offline_run, run_id, sync_command, wandb_dir
 from train_helpers import tiny_config, tiny_dataset
 
 pytestmark = pytest.mark.slow
@@ -83,9 +83,10 @@ def test_killed_worker_resumes_from_last_checkpoint(tiny_data, tmp_path):
     assert 1 <= len(result.wandb_runs) <= 2
     assert result.wandb_runs == [str(p) for p in find_offline_runs(wandb_dir(cfg))]
     assert sync_command(result.wandb_runs) in result.describe()
+    assert all(Path(d).name.endswith(f"-{run_id(cfg)}") for d in result.wandb_runs)  # one W&B run id
     attempts = [read_offline_run(d) for d in result.wandb_runs]
-    assert len({a.run_id for a in attempts}) == 1
     rows = [row for a in attempts for row in a.history]
+    print("W&B rows per attempt:", [[(r.get("train/step"), r.get("epoch")) for r in a.history] for a in attempts])
     assert [r["epoch"] for r in rows if "epoch/step" in r] == [1, 2]
     assert [r["train/step"] for r in rows if "train/step" in r] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
     assert [r["epoch"] for r in rows if "val/confusion_counts" in r] == [1, 2]

@@ -84,13 +84,15 @@ def _record_run(cfg: Config, run_dir: Path) -> None:
 def _already_logged(directory: Path, run_id_: str) -> tuple[int, int]:
     """(last train/step, last epoch) logged by earlier offline folders of this W&B run id under `directory`."""
     step = epoch = 0
+    # wandb names the folder offline-run-<time>-<id>; the id inside the log is not enough, as an attempt killed
+    # early may leave a log whose run record was never written.
     for folder in find_offline_runs(directory):
+        if not folder.name.endswith(f"-{run_id_}"):
+            continue
         try:
             run = read_offline_run(folder)
         except (FileNotFoundError, ValueError):
             continue  # a folder without a readable log logged nothing that reaches the dashboard
-        if run.run_id != run_id_:
-            continue
         step = max([step, *(int(v) for v in run.values("train/step"))])
         epoch = max([epoch, *(int(v) for v in run.values("epoch"))])
     return step, epoch
