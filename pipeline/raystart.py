@@ -157,6 +157,15 @@ def quiet_worker() -> None:
 
 
 def quiet() -> None:
-    """Keep Ray's INFO chatter (per-report dicts, dataset banners) out of the driver's console; warnings stay."""
+    """Keep Ray's INFO chatter (per-report dicts, dataset banners) out of the console; warnings stay, and Ray's
+    log files keep everything."""
+    import ray.data  # noqa: F401  (configures the "ray.data" logger on import: adjust it afterwards)
+
     for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logger = logging.getLogger(name)
+        consoles = [h for h in logger.handlers
+                    if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+        for handler in consoles:
+            handler.setLevel(logging.WARNING)
+        if not consoles and not logger.handlers:
+            logger.setLevel(logging.WARNING)

@@ -139,6 +139,7 @@ def test_local_predict_beside_the_running_cluster(setup):
     logs = res.stdout + res.stderr
     assert res.returncode == 0, logs[-5000:]
     # Joined the cluster named by the bootstrap file, without resource arguments (Ray refuses them there).
-    assert f"Ray: joined the cluster at 127.0.0.1:{cluster.gcs_port}" in logs, logs[-3000:]
+    joined = [line for line in logs.splitlines() if "Ray: joined the cluster at" in line]
+    assert len(joined) == 1 and f":{cluster.gcs_port} (running cluster named by " in joined[0], logs[-3000:]
     assert "num_cpus and num_gpus must not be provided" not in logs
     assert read_predictions(out).num_rows == read_manifest(setup["data"]).num_rows
