@@ -83,7 +83,7 @@ def test_everything_on_s3(s3, tmp_path, monkeypatch, capsys):
     assert storage.is_file(f"{result.latest_checkpoint}/model.pt")
     assert result.wandb_runs and all(d.startswith(str(tmp_path / "outputs" / "wandb" / "tiny-s3"))
                                      for d in result.wandb_runs)
-    assert read_offline_run(result.wandb_runs[0]).values("epoch") == [1]
+    assert read_offline_run(result.wandb_runs[0]).values("epoch/step") == [3]  # one epoch of 3 steps
     text = result.describe()
     assert sync_command(result.wandb_runs) in text
     assert f"latest checkpoint  s3://{BUCKET}/runs/tiny-s3/epoch_0001" in text
