@@ -1,6 +1,7 @@
 """`ray job submit --working-dir . -- python jobs/evaluate.py --checkpoint C --manifest M [--clips K] [--crops 3]`
 
-Same arguments and behaviour as `eco evaluate` (parsed by pipeline.cli.build_parser).
+Same arguments and behaviour as `eco evaluate` (parsed by pipeline.cli.build_parser); --checkpoint, --manifest and
+--out must be absolute paths or URIs (docs/cluster.md, "Paths in jobs").
 """
 
 import sys

@@ -4,7 +4,8 @@
 
 takes exactly the arguments of `eco predict` (pipeline.cli.build_parser): `python jobs/predict.py --manifest M
 --checkpoint C --out P` equals `eco predict --manifest M --checkpoint C --out P`. Inside a job, batch inference
-joins the job's Ray cluster (ray.init() honours RAY_ADDRESS, which `ray job submit` sets).
+joins the job's Ray cluster (pipeline.raystart: RAY_ADDRESS, which `ray job submit` sets); M, C and P must be
+absolute paths or URIs (docs/cluster.md, "Paths in jobs").
 """
 
 import sys

@@ -4,7 +4,8 @@
 
 takes exactly the arguments of `eco prepare` (pipeline.cli.build_parser): `python jobs/prepare.py folder ROOT --out
 DIR` equals `eco prepare folder ROOT --out DIR`. Inside a job, `prepare` joins the job's Ray cluster instead of
-starting a local one (ray.init() honours RAY_ADDRESS, which `ray job submit` sets).
+starting a local one (pipeline.raystart: RAY_ADDRESS, which `ray job submit` sets); paths must be absolute or
+URIs (docs/cluster.md, "Paths in jobs").
 """
 
 import sys

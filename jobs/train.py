@@ -1,6 +1,8 @@
 """`ray job submit --working-dir . -- python jobs/train.py --config jobs/configs/<recipe>.yaml [--set k=v ...]`
 
-Same arguments and behaviour as `eco train` (parsed by pipeline.cli.build_parser).
+Same arguments and behaviour as `eco train` (parsed by pipeline.cli.build_parser). Storage and data paths in the
+recipe must be absolute or URIs: a relative one would land in Ray's temporary copy of the working directory and is
+refused, naming the key (docs/cluster.md, "Paths in jobs").
 """
 
 import sys

@@ -242,6 +242,7 @@ def _ray_checks(check: Check, s: CheckSettings, state: dict[str, Any]) -> None:
     when the cluster has GPUs) and batch inference."""
     import ray
 
+    from pipeline import raystart
     from pipeline.config import Config
     from pipeline.data.manifest import read_labels
     from pipeline.data.synthetic import make_synthetic
@@ -260,8 +261,7 @@ def _ray_checks(check: Check, s: CheckSettings, state: dict[str, Any]) -> None:
             state["model"], None, epoch=s.epochs, step=state.get("step", 0), config=cfg.to_dict(),
             label_names=list(names), data_seed=0, metrics={}))
         started = not ray.is_initialized()
-        if started:
-            ray.init(num_cpus=4, include_dashboard=False, logging_level="warning")
+        raystart.ensure_ray(num_cpus=4)  # the project's one start-up policy: joins a running cluster if any
         try:
             report = evaluate(saved, data, num_clips=2, crops=3, out_dir=Path(tmp, "eval"), amp=True)
             summary = batch_predict(data, saved, Path(tmp, "predictions"))

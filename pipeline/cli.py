@@ -256,12 +256,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Path arguments per subcommand: inside a Ray job a relative one would land in Ray's temporary copy of the working
+# directory (pipeline.raystart.check_job_paths); refused before any work starts. `eco train` checks its config.
+_PATH_ARGS = {"prepare": ("out", "root", "annotations", "videos", "splits", "table", "manifest"),
+              "evaluate": ("checkpoint", "manifest", "out"),
+              "predict": ("checkpoint", "manifest", "out")}
+
+
+def _check_job_paths(args: argparse.Namespace) -> None:
+    from pipeline import raystart
+
+    names = _PATH_ARGS.get(args.command, ())
+    raystart.check_job_paths({f"--{n}" if n in ("out", "checkpoint", "manifest") else n: getattr(args, n, None)
+                              for n in names})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("WANDB_MODE", "offline")
     try:
+        _check_job_paths(args)
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:
         # User errors (bad config key, missing file, bad manifest): one clear line, no traceback.

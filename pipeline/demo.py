@@ -12,6 +12,8 @@ import os
 import time
 from pathlib import Path
 
+from pipeline import raystart
+
 log = logging.getLogger(__name__)
 
 RECIPE = Path(__file__).resolve().parent.parent / "jobs" / "configs" / "synthetic_demo.yaml"
@@ -31,7 +33,6 @@ def run_demo(out_dir: str | os.PathLike = "outputs/demo", *, shuffle_frames: boo
     """
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    import ray
 
     from pipeline.config import load_config
     from pipeline.data.synthetic import make_synthetic
@@ -43,8 +44,7 @@ def run_demo(out_dir: str | os.PathLike = "outputs/demo", *, shuffle_frames: boo
     data = out / "data"
     # Our own local instance, with more logical CPUs than this machine's 2 cores: 2 training workers plus the
     # decode actors (Ray schedules by logical CPUs; the work itself shares the cores).
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, logging_level="warning")
+    raystart.ensure_ray(num_cpus=4)
 
     if (data / "summary.json").is_file() and (data / "manifest.parquet").is_file():
         print(f"[demo] reusing the synthetic dataset in {data}")
@@ -80,9 +80,11 @@ def run_demo(out_dir: str | os.PathLike = "outputs/demo", *, shuffle_frames: boo
           f"evaluation {wall - t_data - t_train:.0f}s)")
     print(f"[demo] checkpoint        {checkpoint}")
     print(f"[demo] evaluation report {report['out_dir']}  (report.json, predictions.parquet, confusion.png)")
-    if result.wandb_dir:
+    if result.wandb_runs:
+        from pipeline.training.tracking import sync_command
+
         print(f"[demo] W&B offline run   {result.wandb_dir}")
-        print(f"[demo] upload it with:   wandb sync {result.wandb_dir}")
+        print(f"[demo] upload it with:   {sync_command(result.wandb_runs)}")
     if shuffle_frames:
         print("[demo] temporal control: frames were shuffled in time; accuracy near chance is the expected result")
         return 0

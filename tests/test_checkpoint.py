@@ -37,9 +37,16 @@ def test_roundtrip_contains_the_contract_keys(tmp_path):
     opt = _trained(model)
     path = ckpt.save_checkpoint(tmp_path / "ck", _state(model, opt, schedule={"peak_lr": 0.1}),
                                 extra_json={"workers": [{"rank": 0}]})
-    assert sorted(os.listdir(path)) == ["checkpoint.pt", "workers.json"]
+    assert sorted(os.listdir(path)) == ["checkpoint.pt", "model.pt", "workers.json"]
     raw = torch.load(path / "checkpoint.pt", weights_only=True)  # safe loading works on the raw file
     assert set(ckpt.REQUIRED_KEYS) <= set(raw)
+    # model.pt: the same checkpoint without optimiser state, what evaluation and inference read.
+    assert ckpt.model_file(path) == str(path / "model.pt")
+    weights = ckpt.load_model_state(path)
+    assert weights["optimizer"] == {} and raw["optimizer"]["state"]
+    assert {k: v for k, v in weights.items() if k != "optimizer"}.keys() == {k for k in raw if k != "optimizer"}
+    assert all(torch.equal(weights["model"][k], raw["model"][k]) for k in raw["model"])
+    assert (path / "model.pt").stat().st_size < (path / "checkpoint.pt").stat().st_size
     state = ckpt.load_checkpoint(path)
     assert state["format"] == "eco-pipeline/1"
     assert (state["epoch"], state["step"], state["data_seed"]) == (3, 42, 7)

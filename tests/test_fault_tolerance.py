@@ -1,5 +1,6 @@
 """A training worker process is killed mid-run: Ray Train V2 restarts the worker group from the last reported
-checkpoint (FailureConfig) and the run finishes with the right epochs and a consistent step count."""
+checkpoint (FailureConfig) and the run finishes with the right epochs and a consistent step count; the W&B offline
+folders that the printed sync command names hold every epoch and step once."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.run import train
+from pipeline.training.tracking import find_offline_runs, read_offline_run, run_id, sync_command, wandb_dir
 from train_helpers import tiny_config, tiny_dataset
 
 pytestmark = pytest.mark.slow
@@ -74,3 +76,17 @@ def test_killed_worker_resumes_from_last_checkpoint(tiny_data, tmp_path):
     # The checkpoint reported just before the crash is intact (complete and loadable) and was the resume point.
     before = load_checkpoint(run_dir / "epoch_0001")
     assert (before["epoch"], before["step"]) == (1, STEPS_PER_EPOCH)
+
+    # --- W&B: one run across both attempts, uploaded by the one printed command, every epoch and step once -----
+    # One folder per attempt that logged something (the restarted attempt logs at least what the killed one had
+    # not yet logged when it died; normally the rest of epoch 2).
+    assert 1 <= len(result.wandb_runs) <= 2
+    assert result.wandb_runs == [str(p) for p in find_offline_runs(wandb_dir(cfg))]
+    assert sync_command(result.wandb_runs) in result.describe()
+    assert all(Path(d).name.endswith(f"-{run_id(cfg)}") for d in result.wandb_runs)  # one W&B run id
+    attempts = [read_offline_run(d) for d in result.wandb_runs]
+    rows = [row for a in attempts for row in a.history]
+    print("W&B rows per attempt:", [[(r.get("train/step"), r.get("epoch")) for r in a.history] for a in attempts])
+    assert [r["epoch"] for r in rows if "epoch/step" in r] == [1, 2]
+    assert [r["train/step"] for r in rows if "train/step" in r] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    assert [r["epoch"] for r in rows if "val/confusion_counts" in r] == [1, 2]

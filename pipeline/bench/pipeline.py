@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline import raystart
 from pipeline.bench._common import (
     bar_plot,
     cpu_seconds,
@@ -179,8 +180,7 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False, memory_c
     if not ray.is_initialized():
         # 2 logical CPUs for the decode tasks plus 1 spare for Ray Data's own small tasks. The driver consumes
         # without a Ray CPU.
-        ray.init(num_cpus=3, include_dashboard=False, logging_level="warning",
-                 object_store_memory=512 * 2**20)
+        raystart.ensure_ray(num_cpus=3, object_store_memory=512 * 2**20)
         started_ray = True
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

@@ -48,6 +48,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipeline import storage
+
 log = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA = pa.schema([
@@ -98,27 +100,17 @@ class ManifestError(ValueError):
 # Paths and filesystems
 
 
-def is_uri(path: str) -> bool:
-    return "://" in str(path)
+# One storage layer (pipeline.storage); these names stay importable from here for the data modules.
+is_uri = storage.is_uri
+join = storage.join
 
 
 def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or a URI (s3://bucket/key, gs://..., file://...)."""
-    path = str(path)
-    if is_uri(path):
-        try:
-            return pafs.FileSystem.from_uri(path)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
-            raise ManifestError(f"{path}: not a path or URI pyarrow can open: {e}") from e
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
-
-
-def join(base: str, *parts: str) -> str:
-    """Join path parts under a local directory or a URI (keeping the URI's scheme and authority)."""
-    base = str(base)
-    if is_uri(base):
-        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
-    return os.path.join(os.path.abspath(os.path.expanduser(base)), *parts)
+    try:
+        return storage.resolve(path)
+    except storage.StorageError as e:
+        raise ManifestError(str(e)) from e
 
 
 def _read_text(path: str) -> str:
@@ -545,27 +537,16 @@ def _file_size(path: str) -> int:
     return int(fs.get_file_info(p).size or 0)
 
 
-# Storage settings of the submitting process that Ray workers need to read the same URIs: a Ray instance that was
-# started before they were set (or by another process) does not see them otherwise. Only variables that are set
-# travel, through the operators' runtime_env. On clusters prefer node-level credentials (instance roles), and
-# these stay unset.
-STORAGE_ENV_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                    "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
-                    "AWS_EC2_METADATA_DISABLED", "GOOGLE_APPLICATION_CREDENTIALS")
-
-
-def storage_runtime_env() -> dict[str, Any] | None:
-    """runtime_env forwarding the storage variables of STORAGE_ENV_VARS that are set here (None if none are)."""
-    env = {k: os.environ[k] for k in STORAGE_ENV_VARS if k in os.environ}
-    return {"env_vars": env} if env else None
+# The storage variables forwarded to Ray workers, and the Ray start-up policy, live in one place each.
+STORAGE_ENV_VARS = storage.STORAGE_ENV_VARS
+storage_runtime_env = storage.storage_runtime_env
 
 
 def ensure_ray() -> None:
-    """Join the running Ray instance (RAY_ADDRESS or a local one) or start a local one."""
-    import ray
+    """Join the running Ray cluster or start a local instance (pipeline.raystart)."""
+    from pipeline import raystart
 
-    if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, include_dashboard=False, logging_level="warning")
+    raystart.ensure_ray()
 
 
 def _probe_all(candidates: list[Candidate], timeout_s: float, workers: int | None, probe_fn=None,

@@ -453,6 +453,11 @@ class _ShardWriter:
 
 
 def _frames_for_video(row: dict[str, Any], kept: np.ndarray, short_side: int, decoder) -> Iterable[np.ndarray]:
+    # Never upscale (like normalisation): a 64x64 source stored at short side 256 is 16x the pixels and ~28x the
+    # MP4's bytes, with no detail added; the training crop resizes to crop_size anyway (issue 11, item 13).
+    source_short = min(int(row["width"]), int(row["height"]))
+    if source_short > 0:
+        short_side = min(short_side, source_short)
     for start in range(0, len(kept), _DECODE_CHUNK):
         chunk = kept[start:start + _DECODE_CHUNK]
         # The same call as the video pipeline's decoder, so shard frames are the frames the video path decodes.
@@ -516,8 +521,8 @@ def write_shards(manifest: str | Path, out_dir: str | Path, *, short_side: int =
                  num_cpus_per_task: float = 1.0) -> ShardSummary:
     """Convert a video manifest (file or `eco prepare` directory) into JPEG frame shards under `out_dir`.
 
-    Videos are decoded at `short_side`, subsampled to `fps` frames/s (None: every frame), JPEG-encoded at
-    `quality`, and written one record batch (or Parquet row group) per video into shard files of at most
+    Videos are decoded at `short_side` (smaller videos keep their size: never upscaled), subsampled to `fps`
+    frames/s (None: every frame), JPEG-encoded at `quality`, and written one record batch (or Parquet row group) per video into shard files of at most
     `max_shard_bytes` (a single video larger than that gets its own file). One Ray task per `videos_per_task`
     manifest rows writes its own shard files, so the job scales with the cluster's CPUs. `out_dir` may be a local
     path or a URI (s3://...). Writes manifest.parquet, labels.json, quarantine.parquet and summary.json.

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipeline import raystart, storage
 from pipeline.inference.actors import ModelActor, add_model_stage, model_pool
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,9 @@ def batch_predict(manifest: str | Path, checkpoint: str | Path, out: str | Path,
     from pipeline.inference.predictor import read_checkpoint_info
 
     start = time.perf_counter()
-    if not ray.is_initialized():
-        # Ray schedules by logical CPUs, not load: a local instance needs room for the model actors, a decode
-        # actor and the read/write tasks even on a 2-core machine (ray.init() honours RAY_ADDRESS in a job).
-        ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, (actors or 1) + 2))
+    # Ray schedules by logical CPUs, not load: a local instance needs room for the model actors, a decode actor
+    # and the read/write tasks even on a 2-core machine (a running cluster is joined as it is).
+    raystart.ensure_ray(num_cpus=num_cpus or max(os.cpu_count() or 1, (actors or 1) + 2))
     # Workers need paths that do not depend on their working directory.
     checkpoint, out = _absolute(checkpoint), _absolute(out)
     info = read_checkpoint_info(checkpoint)
@@ -293,15 +293,11 @@ def _write_part(block: pa.Table, *, out: str) -> pa.Table:
 
 def _absolute(path: str | Path) -> str:
     """URIs as they are; local paths made absolute."""
-    path = str(path)
-    return path if "://" in path else os.path.abspath(path)
+    return storage.absolute(path)
 
 
 def _filesystem(out: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in out:
-        fs, root = pafs.FileSystem.from_uri(out)
-        return fs, root.rstrip("/")
-    return pafs.LocalFileSystem(), os.path.abspath(out)
+    return storage.resolve(out)
 
 
 def _write_atomically(table: pa.Table, fs: pafs.FileSystem, path: str) -> None:
@@ -346,10 +342,12 @@ def _finished_ids(fs: pafs.FileSystem, root: str, *, include_errors: bool) -> pa
 
 
 def _manifest_file(manifest: str | Path) -> str:
-    manifest = str(manifest)
-    if "://" not in manifest and Path(manifest).is_dir() and (Path(manifest) / "manifest.parquet").is_file():
-        return str(Path(manifest) / "manifest.parquet")
-    if "://" not in manifest and not Path(manifest).exists():
+    # A directory written by `eco prepare`, local or on object storage, holds labels.json and other files beside
+    # the manifest: read its manifest.parquet only.
+    manifest = storage.absolute(manifest)
+    if storage.is_dir(manifest) and storage.is_file(storage.join(manifest, "manifest.parquet")):
+        return storage.join(manifest, "manifest.parquet")
+    if not storage.exists(manifest):
         raise FileNotFoundError(f"manifest {manifest} does not exist (expected a Parquet file or a directory "
                                 f"written by `eco prepare` with manifest.parquet)")
     return manifest

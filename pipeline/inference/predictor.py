@@ -123,8 +123,9 @@ def describe_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> Che
 def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     """Labels and preprocessing of a checkpoint file or directory (reads the file, builds no model)."""
     from pipeline.model.weights import read_checkpoint
+    from pipeline.training.checkpoint import model_file
 
-    return describe_checkpoint(read_checkpoint(path), str(path))
+    return describe_checkpoint(read_checkpoint(model_file(path)), str(path))
 
 
 def _default_device() -> torch.device:
@@ -158,8 +159,9 @@ class Predictor:
         """
         from pipeline.model import eco_full, eco_lite
         from pipeline.model.weights import load_weights, read_checkpoint
+        from pipeline.training.checkpoint import model_file
 
-        ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(model_file(path))  # model weights only, not the optimiser state
         info = describe_checkpoint(ckpt, str(path))
         prep = preprocessing or info.preprocessing
         labels = tuple(label_names) if label_names is not None else info.label_names

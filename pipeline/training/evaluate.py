@@ -10,12 +10,12 @@ driver. Writes report.json, predictions.parquet (one row per video) and confusio
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,8 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pipeline import raystart, storage
 from pipeline.config import Config
-from pipeline.training.checkpoint import load_checkpoint
+from pipeline.training.checkpoint import load_model_state
 from pipeline.training.metrics import ClassificationSums, per_class_accuracy
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def evaluate(checkpoint: str | os.PathLike, manifest: str | os.PathLike, *, spli
     from pipeline.inference.actors import ScoreViews, add_model_stage, model_pool
 
     t0 = time.perf_counter()
-    state = load_checkpoint(checkpoint)
+    state = load_model_state(checkpoint)  # model.pt: no optimiser state to read
     cfg = Config.from_dict(state["config"])
     label_names: list[str] = state["label_names"]
     del state
@@ -56,11 +57,7 @@ def evaluate(checkpoint: str | os.PathLike, manifest: str | os.PathLike, *, spli
                          f"label map ({len(label_names)} classes); evaluate on data prepared with the same labels")
     expected_videos = read_manifest(manifest, split).num_rows
 
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(logging_level="warning")
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
+    raystart.ensure_ray(num_cpus=num_cpus)
     run_state = data_pipeline.create_run_state()
     ds = data_pipeline.build_eval_dataset(cfg, manifest, split, num_clips=num_clips, crops=crops, run_state=run_state)
     actors, resources, kind = model_pool(actors)
@@ -116,25 +113,27 @@ def evaluate(checkpoint: str | os.PathLike, manifest: str | os.PathLike, *, spli
         "seconds": time.perf_counter() - t0,
     }
 
-    out = Path(out_dir) if out_dir is not None else _default_out_dir(checkpoint, split)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_predictions(out / "predictions.parquet", video_ids, labels, probs.float(), label_names, views)
-    _plot_confusion(out / "confusion.png", sums.confusion.long().numpy(), label_names,
+    # A local directory or a URI (s3://...): every file goes through pipeline.storage, so URIs keep their scheme.
+    out = storage.absolute(out_dir) if out_dir is not None else _default_out_dir(checkpoint, split)
+    storage.makedirs(out)
+    _write_predictions(storage.join(out, "predictions.parquet"), video_ids, labels, probs.float(), label_names, views)
+    _plot_confusion(storage.join(out, "confusion.png"), sums.confusion.long().numpy(), label_names,
                     title=f"{split}: top-1 {m['top1']:.1%}, mean class {m['mean_class_acc']:.1%}")
-    report["out_dir"] = str(out)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    report["out_dir"] = out
+    storage.write_text(storage.join(out, "report.json"), json.dumps(report, indent=2))
     log.info("evaluated %d videos of %s in %.0fs: top-1 %.1f%%", len(video_ids), split, report["seconds"],
              100 * m["top1"])
     return report
 
 
-def _default_out_dir(checkpoint: str | os.PathLike, split: str) -> Path:
-    path = Path(checkpoint)
-    path = path.parent if path.is_file() else path
-    return path.parent / f"{path.name}-eval-{split}"
+def _default_out_dir(checkpoint: str | os.PathLike, split: str) -> str:
+    """`<checkpoint dir>-eval-<split>` beside the checkpoint (local or URI)."""
+    path = storage.absolute(checkpoint).rstrip("/")
+    path = storage.parent(path) if storage.is_file(path) else path
+    return storage.join(storage.parent(path), f"{storage.basename(path)}-eval-{split}")
 
 
-def _write_predictions(path: Path, video_ids: list[str], labels: torch.Tensor, probs: torch.Tensor,
+def _write_predictions(path: str, video_ids: list[str], labels: torch.Tensor, probs: torch.Tensor,
                        label_names: list[str], views: dict[str, int]) -> None:
     k = min(5, probs.shape[1])
     top_p, top_i = probs.topk(k, dim=1)
@@ -151,10 +150,12 @@ def _write_predictions(path: Path, video_ids: list[str], labels: torch.Tensor, p
         "top5_prob": pa.array(top_p.tolist(), pa.list_(pa.float32())),
         "views": pa.array([views[v] for v in video_ids], pa.int32()),
     })
-    pq.write_table(table, path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    storage.write_bytes(path, sink.getvalue().to_pybytes())
 
 
-def _plot_confusion(path: Path, confusion: np.ndarray, label_names: list[str], title: str) -> None:
+def _plot_confusion(path: str, confusion: np.ndarray, label_names: list[str], title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display on workers or CI
@@ -179,5 +180,7 @@ def _plot_confusion(path: Path, confusion: np.ndarray, label_names: list[str], t
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    storage.write_bytes(path, png.getvalue())

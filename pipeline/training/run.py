@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,9 +22,12 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 import ray  # noqa: E402
 import ray.train  # noqa: E402
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: E402
+from ray.train import (  # noqa: E402
+    CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback,
+)
 from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
+from pipeline import raystart, storage  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.training import tracking  # noqa: E402
 from pipeline.training.loop import train_func_per_worker  # noqa: E402
@@ -43,7 +47,9 @@ class TrainResult:
     latest_checkpoint: str | None
     best_checkpoint: str | None
     metrics: dict[str, Any] = field(default_factory=dict)
-    wandb_dir: str | None = None
+    wandb_dir: str | None = None  # the newest offline-run folder
+    wandb_runs: list[str] = field(default_factory=list)  # every attempt's folder, oldest first: sync them all
+    wandb_host: str | None = None  # where the folders are, when not on this machine
 
     def describe(self) -> str:
         m = self.metrics
@@ -53,9 +59,37 @@ class TrainResult:
                          f"mean class accuracy {m['val_mean_class_acc']:.1%}")
         lines.append(f"  latest checkpoint  {self.latest_checkpoint}")
         lines.append(f"  best checkpoint    {self.best_checkpoint}  (by {SCORE})")
-        if self.wandb_dir:
-            lines.append(f"  W&B offline run    {self.wandb_dir}   (upload: wandb sync {self.wandb_dir})")
+        if self.wandb_runs:
+            where = f" on {self.wandb_host}" if self.wandb_host else ""
+            lines.append(f"  W&B offline run    {len(self.wandb_runs)} folder(s){where}, one W&B run; upload: "
+                         f"{tracking.sync_command(self.wandb_runs)}")
         return "\n".join(lines)
+
+
+class _FailureSummary(UserCallback):
+    """One line per worker-group failure, on the Ray Train controller: which ranks failed, why (first line), and the
+    checkpoint the restarted group resumes from. Ray prints the workers' full tracebacks above it; this is the line
+    to read (issue 11, "job logs")."""
+
+    def __init__(self, storage_path: str, max_failures: int):
+        self.storage_path, self.max_failures = storage_path, max_failures
+        self.latest: str | None = None
+        self.failures = 0
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if checkpoint is not None:
+            self.latest = _uri(self.storage_path, checkpoint.path)
+
+    def after_exception(self, run_context, worker_exceptions) -> None:
+        self.failures += 1
+        ranks = ", ".join(str(r) for r in sorted(worker_exceptions))
+        first = next(iter(worker_exceptions.values()))
+        reason = (str(first).strip().splitlines() or [type(first).__name__])[0][:200]
+        retry = (f"restarting from {self.latest or 'the start (no checkpoint yet)'}"
+                 if self.failures <= self.max_failures or self.max_failures < 0
+                 else "no restarts left (checkpoint.max_failures)")
+        log.warning("training worker rank %s failed (%s: %s); failure %d, %s", ranks, type(first).__name__, reason,
+                    self.failures, retry)
 
 
 class _ExactEvalDataConfig(DataConfig):
@@ -90,6 +124,10 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
     from pipeline.data import pipeline as data_pipeline
     from pipeline.data.manifest import read_labels, read_manifest
 
+    raystart.check_job_paths({"checkpoint.storage_path": cfg.checkpoint.storage_path,
+                              "data.manifest": cfg.data.manifest, "model.pretrained": cfg.model.pretrained,
+                              "model.init_2d": cfg.model.init_2d, "model.init_3d": cfg.model.init_3d,
+                              "wandb.dir": cfg.wandb.dir})
     cfg = _absolute_paths(cfg)
     if not cfg.data.manifest:
         raise ValueError("data.manifest: set it to a directory written by `eco prepare` (or its manifest.parquet)")
@@ -120,7 +158,7 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
         "val": data_pipeline.build_eval_dataset(cfg, cfg.data.manifest, cfg.data.val_split, run_state=data_state),
     }
     trainer = TorchTrainer(
-        train_func_per_worker,
+        _train_func,
         train_loop_config={"cfg": cfg.to_dict(), "label_names": label_names, "schedule": vars(schedule),
                            "data_state": data_state, **({"batch_hook": batch_hook} if batch_hook else {})},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
@@ -138,43 +176,63 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep,
                                                checkpoint_score_attribute=SCORE, checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
-            callbacks=list(callbacks) or None,
+            callbacks=[_FailureSummary(cfg.checkpoint.storage_path, cfg.checkpoint.max_failures), *callbacks],
+            # Train workers and the controller upload checkpoints: forward the storage settings even when the
+            # caller initialised Ray itself (pipeline.raystart forwards them for the whole job otherwise).
+            worker_runtime_env=storage.storage_runtime_env() or {},
         ),
         datasets=datasets,
         dataset_config=_ExactEvalDataConfig(eval_datasets=["val"]),
     )
     result = trainer.fit()
     best = max(result.best_checkpoints or [], key=lambda cm: cm[1].get(SCORE, -1.0), default=None)
-    runs = tracking.find_offline_runs(tracking.wandb_dir(cfg)) if cfg.wandb.mode == "offline" else []
+    runs = tracking.recorded_runs(cfg) if cfg.wandb.enabled and cfg.wandb.mode == "offline" else []
+    hosts = {r.get("host") for r in runs} - {socket.gethostname()}
     return TrainResult(
         run_name=cfg.checkpoint.run_name,
-        run_dir=result.path,
-        latest_checkpoint=result.checkpoint.path if result.checkpoint else None,
-        best_checkpoint=best[0].path if best else None,
+        run_dir=_uri(cfg.checkpoint.storage_path, result.path),
+        latest_checkpoint=_uri(cfg.checkpoint.storage_path, result.checkpoint.path) if result.checkpoint else None,
+        best_checkpoint=_uri(cfg.checkpoint.storage_path, best[0].path) if best else None,
         metrics=dict(result.metrics or {}),
-        wandb_dir=str(runs[-1]) if runs else None,
+        wandb_dir=runs[-1]["dir"] if runs else None,
+        wandb_runs=[r["dir"] for r in runs],
+        wandb_host=", ".join(sorted(h for h in hosts if h)) or None,
     )
+
+
+def _uri(storage_path: str, path: str) -> str:
+    """Ray Train reports paths inside its filesystem (`bucket/runs/x` for s3://bucket/runs/x): give them back
+    their scheme, so every printed path is one the commands accept (issue 11, item 10)."""
+    if not storage.is_uri(storage_path) or storage.is_uri(path):
+        return path
+    scheme = storage_path.split("://", 1)[0]
+    return f"{scheme}://{path.lstrip('/')}"
+
+
+def _train_func(config: dict[str, Any]) -> None:
+    """The per-worker function, with the worker's logging kept to the project's lines."""
+    raystart.quiet_worker()
+    train_func_per_worker(config)
 
 
 def _absolute_paths(cfg: Config) -> Config:
     """Workers do not share the driver's working directory: make local paths absolute."""
     overrides: dict[str, Any] = {}
+    if storage.is_uri(cfg.checkpoint.storage_path) and not cfg.wandb.dir:
+        # wandb writes local files only: a folder the user can find (Ray workers' working directories are Ray's
+        # session folders). In a job the working directory is Ray's temporary copy, so the home directory.
+        root = Path("~/eco-wandb").expanduser() if raystart.in_ray_job() else Path("outputs/wandb").absolute()
+        overrides["wandb.dir"] = str(root / cfg.checkpoint.run_name)
     for key, value in (("checkpoint.storage_path", cfg.checkpoint.storage_path), ("data.manifest", cfg.data.manifest),
                        ("model.pretrained", cfg.model.pretrained), ("model.init_2d", cfg.model.init_2d),
                        ("model.init_3d", cfg.model.init_3d), ("wandb.dir", cfg.wandb.dir)):
-        if value and "://" not in value and not os.path.isabs(value):
+        if value and not storage.is_uri(value) and not os.path.isabs(value):
             overrides[key] = str(Path(value).absolute())
     return cfg.replace(overrides) if overrides else cfg
 
 
 def _ensure_ray(cfg: Config) -> None:
     """Join cfg.scaling.address (or RAY_ADDRESS, set by `ray job submit`), or start a local instance."""
-    if ray.is_initialized():
-        return
-    address = cfg.scaling.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level="warning")
-    else:
-        # On a 2-core machine give Ray more logical CPUs than cores (scaling.local_num_cpus), or the training
-        # workers take every CPU and the decode actors never start.
-        ray.init(num_cpus=cfg.scaling.local_num_cpus, include_dashboard=False, logging_level="warning")
+    # On a 2-core machine give a local Ray more logical CPUs than cores (scaling.local_num_cpus), or the training
+    # workers take every CPU and the decode actors never start; a running cluster is joined as it is.
+    raystart.ensure_ray(num_cpus=cfg.scaling.local_num_cpus, address=cfg.scaling.address or None)

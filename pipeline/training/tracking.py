@@ -2,8 +2,17 @@
 
 Only the rank-0 training worker creates a run, with a plain `wandb.init` guarded by rank (Ray's `setup_wandb`
 would still log from every rank under Train V2). Runs are offline by default and written under the Ray run's
-storage directory, so `wandb sync <dir>` uploads them later. The API key is read by wandb itself from the
-environment (WANDB_API_KEY) in online mode; this module never reads, prints or stores it.
+storage directory when it is local (else under `wandb.dir`, default `outputs/wandb/<run>` of the launching
+directory), so `wandb sync <dirs>` uploads them later. The API key is read by wandb itself from the environment
+(WANDB_API_KEY) in online mode; this module never reads, prints or stores it.
+
+One W&B run holds every attempt of a training run (issue 11, item 4): the run id is a function of (storage, run
+name), and each attempt (a worker-group restart after a failure, or a resubmission) writes its own
+`offline-run-*` folder for that id. Every folder is recorded in `<storage>/<run>/wandb_runs.json` (local or on
+object storage, so the driver finds them wherever rank 0 ran), and the run's summary prints one `wandb sync`
+command naming all of them. An attempt that resumes from a checkpoint does not log again what an earlier attempt
+of the same run already logged (steps and epochs up to the earlier folders' last ones), so every epoch appears
+once; and an attempt with nothing left to train (a finished run resubmitted) creates no folder at all.
 
 `read_offline_run` reads an offline run back from its `.wandb` file, for tests and for the demo's summary.
 """
@@ -14,6 +23,7 @@ import hashlib
 import json
 import logging
 import re
+import socket
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -22,9 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import storage
 from pipeline.config import Config
 
 log = logging.getLogger(__name__)
+
+RUNS_RECORD = "wandb_runs.json"  # in the Ray run directory: every offline-run folder of every attempt
 
 
 def wandb_dir(cfg: Config) -> Path:
@@ -34,10 +47,55 @@ def wandb_dir(cfg: Config) -> Path:
     local files only.
     """
     if cfg.wandb.dir:
-        return Path(cfg.wandb.dir).absolute()
-    if "://" in cfg.checkpoint.storage_path:
+        return Path(cfg.wandb.dir).expanduser().absolute()
+    if storage.is_uri(cfg.checkpoint.storage_path):
+        # Relative to the launching process: pipeline.training.run fixes it on the driver (Ray workers run
+        # elsewhere), so the folder is one the user can find.
         return Path("outputs/wandb", cfg.checkpoint.run_name).absolute()
     return Path(cfg.checkpoint.storage_path, cfg.checkpoint.run_name).absolute()
+
+
+def runs_record(cfg: Config) -> str:
+    """`<storage>/<run>/wandb_runs.json` (a local path or a URI)."""
+    return storage.join(cfg.checkpoint.storage_path, cfg.checkpoint.run_name, RUNS_RECORD)
+
+
+def recorded_runs(cfg: Config) -> list[dict[str, Any]]:
+    """The offline-run folders every attempt of this run recorded, oldest first: {"dir", "host"} each."""
+    try:
+        return list(json.loads(storage.read_text(runs_record(cfg))).get("runs", []))
+    except FileNotFoundError:
+        return []
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{runs_record(cfg)}: not a W&B runs record ({e})") from e
+
+
+def sync_command(dirs: list[str]) -> str:
+    """The one command that uploads every folder, oldest first (wandb sync appends to the same run id)."""
+    return "wandb sync " + " ".join(dirs)
+
+
+def _record_run(cfg: Config, run_dir: Path) -> None:
+    runs = [r for r in recorded_runs(cfg) if r.get("dir") != str(run_dir)]
+    runs.append({"dir": str(run_dir), "host": socket.gethostname()})
+    storage.write_text(runs_record(cfg), json.dumps({"runs": runs}, indent=2))
+
+
+def _already_logged(directory: Path, run_id_: str) -> tuple[int, int]:
+    """(last train/step, last epoch) logged by earlier offline folders of this W&B run id under `directory`."""
+    step = epoch = 0
+    # wandb names the folder offline-run-<time>-<id>; the id inside the log is not enough, as an attempt killed
+    # early may leave a log whose run record was never written.
+    for folder in find_offline_runs(directory):
+        if not folder.name.endswith(f"-{run_id_}"):
+            continue
+        try:
+            run = read_offline_run(folder)
+        except (FileNotFoundError, ValueError):
+            continue  # a folder without a readable log logged nothing that reaches the dashboard
+        step = max([step, *(int(v) for v in run.values("train/step"))])
+        epoch = max([epoch, *(int(v) for v in run.values("epoch"))])
+    return step, epoch
 
 
 def run_id(cfg: Config) -> str:
@@ -49,14 +107,25 @@ def run_id(cfg: Config) -> str:
 
 
 class Tracker:
-    """A W&B run on rank 0, a silent no-op elsewhere or when disabled."""
+    """A W&B run on rank 0, a silent no-op elsewhere or when disabled.
+
+    The run starts at the first row this attempt logs, so an attempt with nothing to log writes no folder.
+    """
 
     def __init__(self, cfg: Config, *, rank: int, extra_config: dict[str, Any] | None = None):
         self.run = None
-        if rank != 0 or not cfg.wandb.enabled or cfg.wandb.mode == "disabled":
-            return
+        self._cfg, self._extra = cfg, extra_config
+        self._active = rank == 0 and cfg.wandb.enabled and cfg.wandb.mode != "disabled"
+        self._logged_step = self._logged_epoch = 0
+        if self._active and cfg.wandb.mode == "offline":
+            self._logged_step, self._logged_epoch = _already_logged(wandb_dir(cfg), run_id(cfg))
+
+    def _start(self) -> bool:
+        if self.run is not None or not self._active:
+            return self.run is not None
         import wandb
 
+        cfg, extra_config = self._cfg, self._extra
         directory = wandb_dir(cfg)
         directory.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
@@ -80,11 +149,22 @@ class Tracker:
         self.run.define_metric("epoch")
         for prefix in ("epoch/*", "val/*"):
             self.run.define_metric(prefix, step_metric="epoch")
+        if cfg.wandb.mode == "offline":
+            _record_run(cfg, self.local_dir)
         log.info("W&B run %s (%s) in %s", self.run.id, cfg.wandb.mode, self.local_dir)
+        return True
+
+    def _new(self, metrics: dict[str, Any]) -> bool:
+        """False for a row an earlier attempt of this run already logged (a resumed attempt redoing work)."""
+        if "train/step" in metrics and int(metrics["train/step"]) <= self._logged_step:
+            return False
+        if "epoch" in metrics and int(metrics["epoch"]) <= self._logged_epoch:
+            return False
+        return True
 
     @property
     def enabled(self) -> bool:
-        return self.run is not None
+        return self._active
 
     @property
     def local_dir(self) -> Path | None:
@@ -92,14 +172,14 @@ class Tracker:
         return Path(self.run.dir).parent if self.run is not None else None
 
     def log(self, metrics: dict[str, Any]) -> None:
-        if self.run is not None:
+        if self._new(metrics) and self._start():
             self.run.log(metrics)
 
     def log_evaluation(self, epoch: int, confusion: np.ndarray, label_names: list[str],
                        clips: np.ndarray | None = None, labels: list[int] | None = None,
                        preds: list[int] | None = None) -> None:
         """A confusion-matrix table plot and an image grid of sample clips (one row of frames per clip)."""
-        if self.run is None:
+        if not self._new({"epoch": epoch}) or not self._start():
             return
         import wandb
 

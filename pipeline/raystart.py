@@ -1,0 +1,171 @@
+"""One Ray start-up policy for every command and job: `ensure_ray(num_cpus=...)`.
+
+1. Ray already initialised in this process: nothing to do.
+2. An address given (`scaling.address`, or RAY_ADDRESS, which `ray job submit` sets for a job's driver): join it,
+   without resource arguments (Ray refuses num_cpus/num_gpus when connecting to an existing cluster).
+   RAY_ADDRESS=local forces a private local instance.
+3. No address, and Ray's bootstrap file (`<ray temp dir>/ray_current_cluster`, written by `ray start --head`) names
+   a cluster: join it when its GCS answers; when it does not (killed, or `ray stop` never finished), say so in one
+   line and start a local instance instead of waiting a minute on the dead address.
+4. Otherwise start a local instance with the command's resources.
+
+One log line says which of these happened. Ray's own logging is kept at warnings (the console shows the
+project's lines). Drivers outside a Ray job pass the storage variables (pipeline.storage.STORAGE_ENV_VARS) as
+the job's runtime_env, so every Ray worker of the job (Ray Data operators, Ray Train workers that upload
+checkpoints, inference actors) reads the same object storage as the driver; a job's driver gets them from the
+runtime_env given to `ray job submit` instead (docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+from pipeline import storage
+
+log = logging.getLogger(__name__)
+
+# Ray's job supervisor sets RAY_JOB_CONFIG_JSON_ENV_VAR (the job's runtime_env) for the driver of every
+# `ray job submit` job (ray/dashboard/modules/job/job_supervisor.py::_get_driver_env_vars).
+JOB_ENV_VARS = ("RAY_JOB_CONFIG_JSON_ENV_VAR",)
+# The unpacked copy of `--working-dir` that a job runs in is a `_ray_pkg_<hash>` folder under Ray's temp dir.
+_RAY_PACKAGE_PREFIX = "_ray_pkg_"
+# Ray Train's per-report INFO dumps and Ray Data's per-dataset banners: the project prints its own epoch lines.
+_QUIET_LOGGERS = ("ray.train", "ray.data", "ray.tune")
+
+
+class RayStartError(RuntimeError):
+    """Ray could not be joined or started; the message says what to do."""
+
+
+def in_ray_job() -> bool:
+    """True in the driver of a `ray job submit` job, or anywhere whose working directory is Ray's unpacked copy of
+    a job's `--working-dir`."""
+    return any(os.environ.get(k) for k in JOB_ENV_VARS) or any(
+        part.startswith(_RAY_PACKAGE_PREFIX) for part in Path(os.getcwd()).parts)
+
+
+def check_job_paths(paths: dict[str, str | os.PathLike | None]) -> None:
+    """Inside a Ray job, refuse relative local paths (issue 11, item 2): they would resolve under the job's
+    temporary copy of the working directory, which has no git-ignored folders and which Ray deletes, so reads
+    fail and, worse, checkpoints and W&B runs written there are lost. `paths` maps the config key or flag to
+    its value; raises ValueError naming every relative one."""
+    if not in_ray_job():
+        return
+    bad = [(k, str(v)) for k, v in paths.items()
+           if v and not storage.is_uri(v) and not os.path.isabs(os.path.expanduser(str(v)))]
+    if bad:
+        named = ", ".join(f"{k}={v!r}" for k, v in bad)
+        raise ValueError(f"{named}: relative path inside a Ray job, where the working directory is Ray's temporary "
+                         f"copy ({os.getcwd()}) and is deleted after the job; use an absolute path on storage "
+                         f"every node sees (e.g. /shared/eco/runs) or a URI (s3://bucket/eco/runs)")
+
+
+def bootstrap_file() -> Path:
+    """Where `ray start --head` records the address of the cluster it started on this machine."""
+    base = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    return Path(base, "ray", "ray_current_cluster")
+
+
+def recorded_cluster() -> str | None:
+    """The GCS address (host:port) in Ray's bootstrap file, or None."""
+    try:
+        text = bootstrap_file().read_text().strip()
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        return None
+    return text or None
+
+
+def gcs_answers(address: str, timeout_s: float = 2.0) -> bool:
+    """True when something accepts TCP connections at host:port (a live GCS does; a dead cluster's port does not)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_ray(*, num_cpus: int | None = None, address: str | None = None,
+               object_store_memory: int | None = None) -> str:
+    """Join or start Ray by the policy above; returns "initialized", "joined" or "local"."""
+    import ray
+
+    if ray.is_initialized():
+        return "initialized"
+    quiet()
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    if target and target != "local":
+        _join(target, reason="RAY_ADDRESS" if not address else "scaling.address")
+        return "joined"
+    if target != "local":
+        recorded = recorded_cluster()
+        if recorded and gcs_answers(recorded):
+            _join(recorded, reason=f"running cluster named by {bootstrap_file()}")
+            return "joined"
+        if recorded:
+            log.warning("Ray: the cluster at %s named by %s is not running (stopped without `ray stop`?); starting a "
+                        "local instance. Run `ray stop` to clear it, or start the cluster again to use it.",
+                        recorded, bootstrap_file())
+    kwargs = {"object_store_memory": object_store_memory} if object_store_memory else {}
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="warning",
+             runtime_env=storage.storage_runtime_env(), **kwargs)
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    log.info("Ray: started a local instance with %d CPUs (set RAY_ADDRESS to use a cluster)", cpus)
+    return "local"
+
+
+def _join(address: str, *, reason: str) -> None:
+    import ray
+
+    # Inside a job the job's runtime_env (from `ray job submit`) already reaches every worker; a second one here
+    # would only be ignored with a warning.
+    runtime_env = None if in_ray_job() else storage.storage_runtime_env()
+    try:
+        ray.init(address=address, logging_level="warning", runtime_env=runtime_env)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = ""
+        if "auth" in str(e).lower():
+            hint = (" The cluster uses token authentication: set RAY_AUTH_MODE=token and the token "
+                    "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), see docs/cluster.md.")
+        raise RayStartError(f"Ray: cannot join the cluster at {address} ({reason}): {first}.{hint} "
+                            f"Set RAY_ADDRESS=local to run on a private local instance instead.") from e
+    res = ray.cluster_resources()
+    log.info("Ray: joined the cluster at %s (%s; %d CPUs, %d GPUs)", address, reason, int(res.get("CPU", 0)),
+             int(res.get("GPU", 0)))
+
+
+def quiet_worker() -> None:
+    """In a Ray Train worker: keep the job's log to the project's lines (issue 11, "job logs").
+
+    Ray Train V2 logs every `ray.train.report` of every rank at INFO ("Reporting training result N: ...") through
+    a logger named after its source file, so it is silenced by that name; DDP's "Grad strides do not match bucket
+    view strides" warning is a performance note about gradient memory layout, not an error.
+    """
+    import importlib.util
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
+    if spec is not None and spec.origin:
+        logging.getLogger(spec.origin).setLevel(logging.WARNING)
+    quiet()
+
+
+def quiet() -> None:
+    """Keep Ray's INFO chatter (per-report dicts, dataset banners) out of the console; warnings stay, and Ray's
+    log files keep everything."""
+    import ray.data  # noqa: F401  (configures the "ray.data" logger on import: adjust it afterwards)
+
+    for name in _QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        consoles = [h for h in logger.handlers
+                    if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+        for handler in consoles:
+            handler.setLevel(logging.WARNING)
+        if not consoles and not logger.handlers:
+            logger.setLevel(logging.WARNING)
