@@ -102,9 +102,12 @@ def test_dashboard_not_exposed(cluster):
 
 def _docs_entrypoint() -> list[str]:
     text = (ROOT / "docs" / "cluster.md").read_text()
-    # The documented submit command: `ray job submit ... -- python jobs/train.py --config ...` (may span lines).
-    match = re.search(r"ray job submit[^\n]*?(?:\\\n[^\n]*?)*--\s*\\?\s*\n?\s*(python jobs/train\.py[^\n`]*)", text)
-    assert match, "docs/cluster.md has no `ray job submit ... -- python jobs/train.py ...` command"
+    # The documented Kinetics submit command: `ray job submit ... -- python jobs/train.py --config <kinetics recipe>`
+    # (may span lines; the local-cluster walkthrough's synthetic commands come first and are not the RayJob's).
+    pattern = (r"ray job submit[^\n]*?(?:\\\n[^\n]*?)*--\s*\\?\s*\n?\s*"
+               r"(python jobs/train\.py --config jobs/configs/kinetics[^\n`\\]*)")
+    match = re.search(pattern, text)
+    assert match, "docs/cluster.md has no `ray job submit ... -- python jobs/train.py --config <kinetics>` command"
     return shlex.split(match.group(1))
 
 
