@@ -130,3 +130,31 @@ def test_steps_redone():
 ])
 def test_chunk_steps(step, every, max_steps, expected):
     assert _chunk_steps(step, every, max_steps) == expected
+
+
+def test_clip_source_leaves_out_the_rows_a_resumed_epoch_trained(ray_session):
+    """The DataRunState carries a checkpoint's data position to the training source of that epoch only; evaluation
+    sources (no shuffle seed) and other epochs are unaffected."""
+    import pyarrow as pa
+    import ray
+
+    from pipeline.data.pipeline import _ClipSource, create_run_state
+
+    rows = pa.table({"video_id": [f"v{i}" for i in range(10)], "n": list(range(10))})
+    state = create_run_state()
+
+    def rows_of(seed):
+        src = _ClipSource(rows, rows_per_block=3, blocks_per_task=2, run_state=state, shuffle_seed=seed,
+                          decoder_cls=object, decoder_kwargs={}, clip_bytes=1)
+        blocks = src.epoch_blocks()
+        return pa.concat_tables(blocks).column("n").to_pylist() if blocks else []
+
+    order = epoch_order(10, 5, 2).tolist()
+    done = order[:4] + [order[7]]
+    ray.get(state.set_epoch.remote(2, elastic.pack_rows(done, 10)))
+    assert rows_of(5) == [r for r in order if r not in done]
+    assert rows_of(None) == list(range(10))  # evaluation: every row, manifest order
+    ray.get(state.set_epoch.remote(3))  # the next epoch starts whole
+    assert rows_of(5) == epoch_order(10, 5, 3).tolist()
+    ray.get(state.set_epoch.remote(2, elastic.pack_rows(range(10), 10)))
+    assert rows_of(5) == []  # every row trained: an empty execution, not an error
