@@ -31,12 +31,16 @@ import yaml
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.optim import Schedule, lr_at
 from pipeline.training.tracking import find_offline_runs, read_offline_run
-from test_cluster import EXCLUDES, RAY, ROOT, LocalCluster, _free_ports, _node_ports
+from test_cluster import RAY, ROOT, LocalCluster, _free_ports, _node_ports
 from train_helpers import TINY_TRAIN, tiny_config, tiny_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 STEPS_PER_EPOCH, EPOCHS = 3, 3
+# Anchored at the repository root: Ray's unanchored "data" would also drop pipeline/data from the upload, and the
+# job would silently import another copy of it (the venv's editable install).
+EXCLUDES = ["/.git", "/.venv", "/outputs", "/data", "/tests", "/docs", "/benchmarks", "/.ci", "*.egg-info", "wandb",
+            "__pycache__", ".pytest_cache"]
 
 ENTRYPOINT = '''
 import functools, json, sys, time
