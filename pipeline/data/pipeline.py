@@ -125,8 +125,12 @@ def create_run_state(name: str | None = None) -> ray.actor.ActorHandle:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     manifest_lib.ensure_ray()
-    # On the driver's node (soft): the state must outlive the loss of any worker node (elastic runs, issue 15).
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    # On the head node (soft): the state must outlive the loss of any worker node (elastic runs on spot nodes,
+    # issue 15), and the head is the one node a cluster keeps. Ray marks it with the `node:__internal_head__`
+    # resource; the driver's own node is not enough (a driver can be attached to any node's raylet).
+    head = next((n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]),
+                ray.get_runtime_context().get_node_id())
+    here = NodeAffinitySchedulingStrategy(head, soft=True)
     if name is None:
         return DataRunState.options(scheduling_strategy=here).remote()
     return DataRunState.options(name=name, get_if_exists=True, scheduling_strategy=here).remote()
