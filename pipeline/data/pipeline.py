@@ -128,12 +128,16 @@ def create_run_state(name: str | None = None) -> ray.actor.ActorHandle:
     # On the head node (soft): the state must outlive the loss of any worker node (elastic runs on spot nodes,
     # issue 15), and the head is the one node a cluster keeps. Ray marks it with the `node:__internal_head__`
     # resource; the driver's own node is not enough (a driver can be attached to any node's raylet).
-    head = next((n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]),
-                ray.get_runtime_context().get_node_id())
-    here = NodeAffinitySchedulingStrategy(head, soft=True)
+    # Pinned the way Ray Train pins its own state actor (train/v2/_internal/state/state_actor.py).
+    head = "node:__internal_head__"
+    if any(head in n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")):
+        placement: dict[str, Any] = {"resources": {head: 0.001}}
+    else:  # e.g. a cluster without a head marker: at least not on a node chosen at random
+        placement = {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                                           soft=True)}
     if name is None:
-        return DataRunState.options(scheduling_strategy=here).remote()
-    return DataRunState.options(name=name, get_if_exists=True, scheduling_strategy=here).remote()
+        return DataRunState.options(**placement).remote()
+    return DataRunState.options(name=name, get_if_exists=True, **placement).remote()
 
 
 # --------------------------------------------------------------------------------------------------------------
