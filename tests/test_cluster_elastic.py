@@ -67,6 +67,8 @@ def gate(run_dir, batch):
     shrunk = any(_written(run_dir, d.name, 1) for d in run_dir.glob("epoch_*"))
     hold = ((world == 2 and not shrunk and _written(run_dir, "epoch_0001-step_0000002", 2))
             or (world == 1 and _written(run_dir, "epoch_0002-step_0000004", 1)))
+    if hold:
+        (run_dir.parent / f"held-{world}").touch()  # the test stops or starts the node only then
     deadline = time.monotonic() + 900
     while hold:
         if time.monotonic() > deadline:
@@ -107,6 +109,16 @@ def _wait_for(path: Path, job: subprocess.Popen, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
+def _wait_for_file(path: Path, job: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if job.poll() is not None:
+            raise AssertionError(f"the job ended ({job.returncode}) before {path} was written")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} was not written in {timeout_s}s")
+        time.sleep(0.5)
+
+
 def test_elastic_run_shrinks_and_grows_back(tiny_data, tmp_path):
     storage = tmp_path / "runs"
     run_dir = storage / "tiny-elastic"
@@ -133,11 +145,13 @@ def test_elastic_run_shrinks_and_grows_back(tiny_data, tmp_path):
             env=cluster.env, stdout=open(tmp_path / "job.log", "wb"), stderr=subprocess.STDOUT)
         # 1. Two workers wrote a mid-epoch checkpoint: the second node leaves (SIGTERM, as on a spot reclaim).
         _wait_for(run_dir / "epoch_0001-step_0000002" / "workers.json", job, 900)
+        _wait_for_file(storage / "held-2", job, 900)  # held after training step 3 (not checkpointed)
         second = cluster.procs[1]
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(timeout=120)
         # 2. One worker took over from that checkpoint and wrote its own: the node comes back (fresh ports).
         _wait_for(run_dir / "epoch_0002-step_0000004" / "workers.json", job, 900)
+        _wait_for_file(storage / "held-1", job, 900)  # held inside step 5
         cluster._spawn("worker-again", [RAY, "start", f"--address=127.0.0.1:{cluster.gcs_port}",
                                         "--node-ip-address=127.0.0.1", "--num-cpus=3",
                                         '--resources={"trainer_slot": 1, "second_node": 1}',
@@ -163,15 +177,15 @@ def test_elastic_run_shrinks_and_grows_back(tiny_data, tmp_path):
 
     runs = [read_offline_run(p) for p in find_offline_runs(run_dir)]
     assert [r.values("elastic/world_size")[0] for r in runs] == [2, 1, 2]
-    # Learning rate continuous: every logged step has the lr of the schedule at that step, in every group, and
-    # every step 1..9 was trained; only the redone step appears twice.
+    # Step and learning rate continuous: each group's logged steps go on from the step it restored, one by one, and
+    # every logged step has the lr of the schedule at that step. (A group torn down with its node loses the W&B
+    # records it had not flushed yet, so the first group's tail is not asserted here: the history above is.)
     schedule = Schedule(**{**final["schedule"], "milestones": tuple(final["schedule"]["milestones"])})
-    logged = [(int(row["train/step"]), row["train/lr"]) for r in runs for row in r.history if "train/lr" in row]
-    for step, lr in logged:
-        assert lr == pytest.approx(lr_at(step - 1, schedule), rel=1e-12)
-    steps = [s for s, _ in logged]
-    assert sorted(set(steps)) == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
-    assert [s for s in set(steps) if steps.count(s) > 1] == [3]
+    for run, group, end in zip(runs[1:], history[1:], (5 - 1, EPOCHS * STEPS_PER_EPOCH)):
+        logged = [(int(row["train/step"]), row["train/lr"]) for row in run.history if "train/lr" in row]
+        assert [s for s, _ in logged] == list(range(group["step"] + 1, end + 1))
+        for step, lr in logged:
+            assert lr == pytest.approx(lr_at(step - 1, schedule), rel=1e-12)
 
     # The data position: the one-worker group resumed epoch 1 with the 8 clips two workers had trained in steps
     # 1-2 (positions recorded at the checkpoint), trained the other 4 once, and the regrown group did the same in
