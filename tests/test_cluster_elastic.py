@@ -139,7 +139,8 @@ def test_elastic_run_shrinks_and_grows_back(tiny_data, tmp_path):
         cluster.start()
         runtime_env = {"excludes": EXCLUDES, "env_vars": {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}}
         job = subprocess.Popen(
-            [RAY, "job", "submit", f"--address={cluster.dashboard}", f"--submission-id=eco-elastic-{secrets.token_hex(3)}",
+            [RAY, "job", "submit", f"--address={cluster.dashboard}",
+             f"--submission-id=eco-elastic-{secrets.token_hex(3)}",
              f"--working-dir={ROOT}", f"--runtime-env-json={json.dumps(runtime_env)}", "--",
              sys.executable, str(entry), str(recipe), str(run_dir)],
             env=cluster.env, stdout=open(tmp_path / "job.log", "wb"), stderr=subprocess.STDOUT)

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 def train_func_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. `config` (built by `run.train`): cfg (Config.to_dict()), label_names, schedule
     (optim.Schedule fields), data_state (DataRunState handle or None), train_video_ids (an object ref to the
-    training split's video ids in dataset row order: pipeline.data.pipeline.split_video_ids), and optionally batch_hook (a picklable
+    training split's video ids in dataset row order: pipeline.data.pipeline.split_video_ids), and optionally
+    batch_hook (a picklable
     function applied to every batch before the model sees it: tests wrap batch tensors to emulate accelerator
     residency with it, see tests/residency.py).
 
