@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -168,7 +169,16 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ScalingConfig:
-    num_workers: int = 2
+    # A fixed number of training workers, or [min, max] for elastic training (issue 15, docs/cluster.md): Ray
+    # Train V2 starts with what the cluster can give (at least min), restarts with the workers that remain when
+    # one is lost, and grows back toward max when resources return. The global batch is that of `max` workers at
+    # every size (train.grad_accum_steps is scaled by max / world), so max x grad_accum_steps must be divisible
+    # by every world size in the range.
+    num_workers: int | tuple[int, ...] = 2
+    # Elastic runs: how often (seconds) Ray Train checks whether the cluster could run more (or fewer) workers
+    # while training is healthy (ScalingConfig.elastic_resize_monitor_interval_s). Growing restarts the group
+    # from the latest checkpoint, so each check that resizes costs the steps since it (checkpoint.every_steps).
+    elastic_resize_monitor_interval_s: float = 60.0
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     # Extra custom resources per training worker (e.g. {"gpu_node": 0.01}).
@@ -179,9 +189,27 @@ class ScalingConfig:
     # training workers leave room for the decode stage.
     local_num_cpus: int | None = None
 
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, tuple)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
+
     def validate(self) -> None:
-        _check(self.num_workers >= 1, "scaling.num_workers", "must be >= 1")
+        n = self.num_workers
+        if isinstance(n, tuple):
+            _check(len(n) == 2, "scaling.num_workers", f"expected an integer or [min, max], got {list(n)}")
+            _check(1 <= n[0] <= n[1], "scaling.num_workers", f"[min, max] needs 1 <= min <= max, got {list(n)}")
+        else:
+            _check(n >= 1, "scaling.num_workers", "must be >= 1")
         _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
+        _check(self.elastic_resize_monitor_interval_s >= 0, "scaling.elastic_resize_monitor_interval_s", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -194,11 +222,17 @@ class CheckpointConfig:
     max_failures: int = 3
     # Checkpoints kept by validation top-1 (CheckpointConfig.num_to_keep); Ray Train also always keeps the latest.
     num_to_keep: int = 1
+    # Also checkpoint every N optimiser steps inside an epoch (0: only at epoch ends), with the exact data position
+    # (the clips every rank has trained on in the epoch), so a restart after a lost node redoes at most N steps
+    # and a resume trains each remaining clip of the epoch once (issue 15). A checkpoint of ECO-Lite is ~0.2 GB:
+    # pick N so that writing it costs a small share of the time N steps take.
+    every_steps: int = 0
 
     def validate(self) -> None:
         _check(bool(self.run_name), "checkpoint.run_name", "must be non-empty")
         _check(self.max_failures >= -1, "checkpoint.max_failures", "must be >= -1 (-1: unlimited)")
         _check(self.num_to_keep >= 1, "checkpoint.num_to_keep", "must be >= 1")
+        _check(self.every_steps >= 0, "checkpoint.every_steps", "must be >= 0 (0: only at epoch ends)")
 
 
 @dataclass(frozen=True)
@@ -234,6 +268,15 @@ class Config:
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
+        # Elastic runs keep the global batch of max workers at every world size (docs/training.md): each size's
+        # gradient accumulation must be a whole number.
+        s, accum = self.scaling, self.train.grad_accum_steps
+        uneven = [w for w in range(s.min_workers, s.max_workers + 1) if (s.max_workers * accum) % w]
+        _check(not uneven, "scaling.num_workers",
+               f"with {list(s.num_workers) if s.elastic else s.num_workers} workers and train.grad_accum_steps="
+               f"{accum}, the global batch of {s.max_workers} x {accum} micro-batches cannot be split evenly over "
+               f"{', '.join(map(str, uneven))} workers: set train.grad_accum_steps to a multiple of "
+               f"{_even_accum(s.min_workers, s.max_workers)}, or narrow the range")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -272,6 +315,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data.pop("recipe", None)
     cfg = Config.from_dict(data)
     return cfg.replace(overrides) if overrides else cfg
+
+
+def _even_accum(min_workers: int, max_workers: int) -> int:
+    """The smallest gradient accumulation a such that max_workers x a micro-batches split evenly over every world
+    size in [min_workers, max_workers]."""
+    need = math.lcm(*range(min_workers, max_workers + 1))
+    return need // math.gcd(need, max_workers)
 
 
 def _check(ok: bool, key: str, expected: str) -> None:

@@ -28,8 +28,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
-# Keep the upload small: the job needs pipeline/ and jobs/ only (Ray also honours .gitignore).
-EXCLUDES = [".git", ".venv", "outputs", "data", "tests", "docs", "benchmarks", ".ci", "*.egg-info", "wandb",
+# Keep the upload small: the job needs pipeline/ and jobs/ only (Ray also honours .gitignore). Top-level folders
+# are anchored with "/": a bare "data" would also drop pipeline/data.
+EXCLUDES = [".git", ".venv", "/outputs", "/data", "/tests", "/docs", "/benchmarks", ".ci", "*.egg-info", "wandb",
             "__pycache__", ".pytest_cache"]
 
 

@@ -55,8 +55,11 @@ def test_cluster_node_types(cluster):
     head = types[cluster["head_node_type"]]
     assert head["resources"].get("CPU") == 0, "nothing heavy should be scheduled on the head"
     gpu = [t for n, t in types.items() if t["resources"].get("GPU", 0) > 0]
-    assert len(gpu) == 1 and gpu[0]["resources"]["GPU"] == 8
-    assert gpu[0]["node_config"]["InstanceType"].startswith(("p4d", "p5", "g5.48", "p4de"))
+    # On-demand and spot GPU nodes of the same kind (elastic runs train on the spot ones, issue 15).
+    assert len(gpu) == 2 and all(t["resources"]["GPU"] == 8 for t in gpu)
+    assert all(t["node_config"]["InstanceType"].startswith(("p4d", "p5", "g5.48", "p4de")) for t in gpu)
+    spot = [t for t in gpu if t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"]
+    assert len(spot) == 1 and spot[0]["resources"].get("spot_node") == 1
     cpu = [t for n, t in types.items() if n != cluster["head_node_type"] and t["resources"].get("GPU", 0) == 0]
     assert len(cpu) == 1
     assert cpu[0]["resources"]["decode_node"] >= 1

@@ -7,8 +7,8 @@
 - Ranks draw from distinct, reproducible torch seeds.
 - bf16 autocast + channels_last + torch.compile (aot_eager) + partial BN train through the worker, and the compiled
   bf16 evaluation agrees with an fp32 eager evaluation of the saved checkpoint.
-- A max_steps stop inside an epoch records the epoch as incomplete; the resumed run trains that epoch again, and
-  the best validation top-1 survives the resume.
+- A max_steps stop inside an epoch records the epoch as incomplete with its data position; the resumed run trains
+  only that epoch's clips not yet trained on (issue 15), and the best validation top-1 survives the resume.
 - `evaluate --clips 2 --crops 3` on Ray Data model actors aggregates exactly 6 views per video.
 """
 
@@ -96,13 +96,15 @@ def test_partial_epoch_resume_and_best_val(tiny_data, tmp_path):
     state = load_checkpoint(first.latest_checkpoint)
     # Stopped after 2 of the epoch's 3 steps: not a complete epoch.
     assert (state["epoch"], state["step"], state["metrics"]["epoch_complete"]) == (0, 2, 0.0)
+    # 2 steps x 2 ranks x 2 clips: 8 of the 12 training clips, recorded as the epoch's data position.
+    assert (state["data_position"]["epoch"], state["data_position"]["rows_trained"]) == (0, 8)
     assert Path(first.latest_checkpoint).name == "epoch_0001-step_0000002"
     stopped_val = state["metrics"]["val_top1"]
 
     second = train(cfg.replace({"train.max_steps": 0, "train.epochs": 2}))
     resumed = load_checkpoint(second.latest_checkpoint)
-    # Epoch 1 ran again in full (3 steps), then epoch 2 (3 steps).
-    assert (resumed["epoch"], resumed["step"]) == (2, 2 + 3 + 3)
+    # Epoch 1 went on with its 4 clips not yet trained on (1 step), then epoch 2 (3 steps).
+    assert (resumed["epoch"], resumed["step"]) == (2, 2 + 1 + 3)
     assert resumed["metrics"]["resumed_from_epoch"] == 0
     runs = [read_offline_run(p) for p in find_offline_runs(wandb_dir(cfg))]
     vals = [v for r in runs for v in r.values("epoch/val_top1")]

@@ -38,7 +38,7 @@ import logging
 import os
 import uuid
 import warnings
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any, Callable
 
 import numpy as np
@@ -86,12 +86,31 @@ class DataRunState:
     def __init__(self):
         self._epoch = 0
         self._failures: list[dict[str, Any]] = []
+        self._trained: tuple[int, Any] | None = None
+        self._attempts: list[dict[str, Any]] = []
+        self._furthest_step: int | None = None
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, trained: Any = None) -> None:
+        """Start epoch `epoch`; `trained` (a pipeline.training.elastic.pack_rows bitmap, or None) marks the
+        training rows a resumed epoch has already trained on: its execution leaves them out."""
         self._epoch = int(epoch)
+        self._trained = (int(epoch), trained) if trained is not None else None
 
     def get_epoch(self) -> int:
         return self._epoch
+
+    def get_trained(self, epoch: int) -> Any:
+        return self._trained[1] if self._trained is not None and self._trained[0] == epoch else None
+
+    # The worker groups of this launch (elastic restarts, issue 15): each records itself when it starts, and
+    # rank 0 reports the furthest optimiser step reached, so the next group can count the steps it redoes.
+    def begin_attempt(self, attempt: dict[str, Any]) -> tuple[list[dict[str, Any]], int | None]:
+        previous, furthest = list(self._attempts), self._furthest_step
+        self._attempts.append(dict(attempt))
+        return previous, furthest
+
+    def note_step(self, step: int) -> None:
+        self._furthest_step = max(int(step), self._furthest_step or 0)
 
     def record_failures(self, failures: list[dict[str, Any]]) -> None:
         self._failures.extend(failures)
@@ -105,10 +124,22 @@ class DataRunState:
 
 def create_run_state(name: str | None = None) -> ray.actor.ActorHandle:
     """A new DataRunState, or (with `name`) the one of that name in this Ray namespace, created if missing."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     manifest_lib.ensure_ray()
+    # On the head node (soft): the state must outlive the loss of any worker node (elastic runs on spot nodes,
+    # issue 15), and the head is the one node a cluster keeps. Ray marks it with the `node:__internal_head__`
+    # resource; the driver's own node is not enough (a driver can be attached to any node's raylet).
+    # Pinned the way Ray Train pins its own state actor (train/v2/_internal/state/state_actor.py).
+    head = "node:__internal_head__"
+    if any(head in n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")):
+        placement: dict[str, Any] = {"resources": {head: 0.001}}
+    else:  # e.g. a cluster without a head marker: at least not on a node chosen at random
+        placement = {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                                           soft=True)}
     if name is None:
-        return DataRunState.remote()
-    return DataRunState.options(name=name, get_if_exists=True).remote()
+        return DataRunState.options(**placement).remote()
+    return DataRunState.options(name=name, get_if_exists=True, **placement).remote()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -248,12 +279,17 @@ class _ClipSource(Datasource):
 
     def epoch_blocks(self) -> list[pa.Table]:
         """The manifest blocks of the execution starting now: rows in the epoch's order, stamped with it."""
-        from pipeline.data.sampling import epoch_order
+        from pipeline.data.sampling import epoch_order, exclude_rows
 
         epoch = int(ray.get(self._run_state.get_epoch.remote()))
         n = self._rows.num_rows
         order = (epoch_order(n, self._shuffle_seed, epoch) if self._shuffle_seed is not None
                  else np.arange(n, dtype=np.int64))
+        if self._shuffle_seed is not None:
+            # A training epoch resumed from a mid-epoch checkpoint: only the rows not yet trained on, in order.
+            trained = ray.get(self._run_state.get_trained.remote(epoch))
+            if trained is not None:
+                order = exclude_rows(order, np.unpackbits(np.asarray(trained, np.uint8), count=n).astype(bool))
         blocks = []
         for start in range(0, n, self._rows_per_block):
             # take() copies: a read task pickles its own rows, not the whole table behind a slice.
@@ -302,6 +338,17 @@ def _split_rows(manifest: str | os.PathLike | pa.Table, split: str, data_format:
     _check_format(pq.read_schema(p, filesystem=fs), data_format, path)
     table = pq.read_table(p, filesystem=fs, columns=[*columns, "split"])
     return table.filter(pc.equal(table.column("split"), split)).select(columns)
+
+
+def split_video_ids(manifest: str | os.PathLike | pa.Table, split: str, data_format: str = "video") -> list[str]:
+    """The video ids of `split` in the order the datasets index its rows (the data position of a mid-epoch
+    checkpoint is a bitmap over this order; pipeline.training.elastic)."""
+    ids = [str(v) for v in _split_rows(manifest, split, data_format).column("video_id").to_pylist()]
+    if len(set(ids)) != len(ids):
+        dup = sorted(v for v, k in Counter(ids).items() if k > 1)[:5]
+        raise manifest_lib.ManifestError(f"{manifest}: split {split!r} repeats video ids ({', '.join(dup)}): the "
+                                         "training data position needs one row per video id")
+    return ids
 
 
 def _check_format(schema: pa.Schema, data_format: str, where: str) -> None:

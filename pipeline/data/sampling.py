@@ -72,3 +72,14 @@ def epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
         raise ValueError(f"num_rows must be >= 0, got {num_rows}")
     digest = hashlib.blake2b(f"order\x1f{int(seed)}\x1f{int(epoch)}".encode(), digest_size=16).digest()
     return np.random.default_rng(int.from_bytes(digest, "little")).permutation(num_rows).astype(np.int64)
+
+
+def exclude_rows(order: np.ndarray, trained: np.ndarray | None) -> np.ndarray:
+    """`order` without the rows marked in the boolean mask `trained` (indexed by row, not by position), the
+    others in their order: what a resumed epoch still has to visit (pipeline.training.elastic, issue 15)."""
+    if trained is None:
+        return order
+    trained = np.asarray(trained, dtype=bool)
+    if trained.shape != (order.size,):
+        raise ValueError(f"trained mask has shape {trained.shape}; the epoch orders {order.size} rows")
+    return order[~trained[order]]

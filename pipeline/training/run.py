@@ -1,7 +1,7 @@
 """Launch a training run on Ray Train V2: `train(cfg) -> TrainResult`.
 
 Starts or joins Ray, builds the Ray Data datasets, and runs `loop.train_func_per_worker` on
-`cfg.scaling.num_workers` workers with a `TorchTrainer`. Checkpoints go to
+`cfg.scaling.num_workers` workers (a number, or an elastic [min, max] range) with a `TorchTrainer`. Checkpoints go to
 `RunConfig(storage_path=cfg.checkpoint.storage_path, name=cfg.checkpoint.run_name)`: Ray Train V2 restores a run
 from the checkpoint-manager snapshot it finds there, so submitting the same run name again resumes from its latest
 checkpoint, and `FailureConfig` restarts the worker group from it after a worker dies.
@@ -139,16 +139,20 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
     num_train = read_manifest(cfg.data.manifest, cfg.data.train_split).num_rows
 
     # The lr schedule is a pure function of the optimiser step: fix the steps per epoch from the manifest (an
-    # equal streaming split gives each rank floor(n / workers) clips).
-    workers, batch, accum = cfg.scaling.num_workers, cfg.train.batch_size, cfg.train.grad_accum_steps
+    # equal streaming split gives each rank floor(n / workers) clips). Elastic runs keep the global batch of max
+    # workers at every world size (the loop scales gradient accumulation, docs/training.md), so max workers
+    # define the step and the schedule; at other sizes an epoch may take a step more or less (rounding).
+    workers, batch, accum = cfg.scaling.max_workers, cfg.train.batch_size, cfg.train.grad_accum_steps
     per_rank = num_train // workers
     if per_rank == 0:
         raise ValueError(f"data.manifest: {num_train} training videos cannot feed scaling.num_workers={workers}")
     steps_per_epoch = math.ceil(math.ceil(per_rank / batch) / accum)
     peak = scaled_lr(cfg.optim.lr, cfg.optim.base_batch_size, global_batch_size(workers, batch, accum))
     schedule = make_schedule(cfg.optim, peak_lr=peak, steps_per_epoch=steps_per_epoch, epochs=cfg.train.epochs)
-    log.info("run %s: %d train videos, %d workers x %d x %d accum -> %d steps/epoch, peak lr %.4g",
-             cfg.checkpoint.run_name, num_train, workers, batch, accum, steps_per_epoch, peak)
+    log.info("run %s: %d train videos, %s workers x %d x %d accum -> %d steps/epoch, peak lr %.4g",
+             cfg.checkpoint.run_name, num_train,
+             f"{cfg.scaling.min_workers}-{workers} (elastic; global batch of {workers})" if cfg.scaling.elastic
+             else workers, batch, accum, steps_per_epoch, peak)
 
     # One run-state actor per launch: the epoch for TSN offsets and this run's decode failures. It lives in the
     # driver's job, so it survives worker-group restarts.
@@ -157,13 +161,18 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
         "train": data_pipeline.build_train_dataset(cfg, cfg.data.manifest, run_state=data_state),
         "val": data_pipeline.build_eval_dataset(cfg, cfg.data.manifest, cfg.data.val_split, run_state=data_state),
     }
+    # The training rows' video ids, once in the object store: the workers record the data position with them.
+    train_ids = ray.put(data_pipeline.split_video_ids(cfg.data.manifest, cfg.data.train_split, cfg.data.format))
     trainer = TorchTrainer(
         _train_func,
         train_loop_config={"cfg": cfg.to_dict(), "label_names": label_names, "schedule": vars(schedule),
-                           "data_state": data_state, **({"batch_hook": batch_hook} if batch_hook else {})},
+                           "data_state": data_state, "train_video_ids": train_ids,
+                           **({"batch_hook": batch_hook} if batch_hook else {})},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=workers,
+            # (min, max): Ray Train V2's elastic policy (docs/cluster.md); an int: a fixed group.
+            num_workers=cfg.scaling.num_workers,
+            elastic_resize_monitor_interval_s=cfg.scaling.elastic_resize_monitor_interval_s,
             use_gpu=cfg.scaling.use_gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker,
                                   **({"GPU": 1} if cfg.scaling.use_gpu else {})},
