@@ -32,7 +32,7 @@ from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.optim import Schedule, lr_at
 from pipeline.training.tracking import find_offline_runs, read_offline_run
 from test_cluster import RAY, ROOT, LocalCluster, _free_ports, _node_ports
-from train_helpers import TINY_TRAIN, tiny_config, tiny_dataset
+from train_helpers import TINY_TRAIN, tiny_config, tiny_dataset, registered_checkpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -88,20 +88,13 @@ def tiny_data(ray_session, tmp_path_factory):
     return tiny_dataset(tmp_path_factory)
 
 
-def _registered(run_dir: Path) -> set[str]:
-    """Checkpoint directories Ray Train has registered (its snapshot is written after each upload)."""
-    try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return set()
-    return {r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
 
 
 def _wait_for(path: Path, job: subprocess.Popen, timeout_s: float) -> None:
     """Poll for `path` (a checkpoint's workers.json) and for Ray Train to register that checkpoint, while the
     job runs: only a registered checkpoint is the one a restarted group resumes from."""
     deadline = time.monotonic() + timeout_s
-    while not (path.exists() and path.parent.name in _registered(path.parent.parent)):
+    while not (path.exists() and path.parent.name in registered_checkpoints(path.parent.parent)):
         if job.poll() is not None:
             raise AssertionError(f"the job ended ({job.returncode}) before {path} was written")
         if time.monotonic() > deadline:

@@ -16,7 +16,7 @@ import pytest
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.run import train
 from pipeline.training.tracking import find_offline_runs, read_offline_run, run_id, sync_command, wandb_dir
-from train_helpers import tiny_config, tiny_dataset
+from train_helpers import tiny_config, tiny_dataset, registered_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -28,18 +28,11 @@ def tiny_data(ray_session, tmp_path_factory):
     return tiny_dataset(tmp_path_factory)
 
 
-def _registered(run_dir: Path) -> set[str]:
-    """Checkpoint directories Ray Train has registered (its snapshot is written after each upload)."""
-    try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return set()
-    return {r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
 
 
 def _kill_rank1_after_first_checkpoint(run_dir: Path, killed: dict, stop: threading.Event) -> None:
     while not stop.is_set():
-        if "epoch_0001" in _registered(run_dir):
+        if "epoch_0001" in registered_checkpoints(run_dir):
             workers = json.loads((run_dir / "epoch_0001" / "workers.json").read_text())
             pid = next(w["pid"] for w in workers if w["rank"] == 1)
             time.sleep(1.0)  # the workers are now inside epoch 2
@@ -72,7 +65,7 @@ def test_killed_worker_resumes_from_last_checkpoint(tiny_data, tmp_path):
     assert final["metrics"]["train_count"] == 12
     workers = json.loads(Path(result.latest_checkpoint, "workers.json").read_text())
     assert killed["pid"] not in {w["pid"] for w in workers}, "epoch 2 was finished by a restarted worker group"
-    assert _registered(run_dir) == {"epoch_0001", "epoch_0002"}
+    assert registered_checkpoints(run_dir) == {"epoch_0001", "epoch_0002"}
     # The checkpoint reported just before the crash is intact (complete and loadable) and was the resume point.
     before = load_checkpoint(run_dir / "epoch_0001")
     assert (before["epoch"], before["step"]) == (1, STEPS_PER_EPOCH)

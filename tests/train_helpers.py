@@ -39,3 +39,14 @@ def tiny_config(data: Path, storage: Path, run_name: str, *overrides: str) -> Co
         "wandb.mode=offline", "wandb.log_sample_clips=2",
         *overrides,
     ])
+
+
+def registered_checkpoints(run_dir: Path) -> set[str]:
+    """Checkpoint directories Ray Train has registered (its snapshot is written after each upload)."""
+    import json
+
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return set()
+    return {r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
