@@ -161,10 +161,13 @@ def quiet() -> None:
     log files keep everything."""
     import ray.data  # noqa: F401  (configures the "ray.data" logger on import: adjust it afterwards)
 
+    # A handler the root logger shares is left alone: Ray Train's workers use one "console" handler for both the
+    # `ray.train` logger and the root logger, which carries the project's own lines (the epoch line).
+    shared = set(map(id, logging.getLogger().handlers))
     for name in _QUIET_LOGGERS:
         logger = logging.getLogger(name)
-        consoles = [h for h in logger.handlers
-                    if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+        consoles = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
+                    and not isinstance(h, logging.FileHandler) and id(h) not in shared]
         for handler in consoles:
             handler.setLevel(logging.WARNING)
         if not consoles and not logger.handlers:
