@@ -1,10 +1,11 @@
 """`eco check gpu` / `make gpu-check` on a machine without CUDA: it says so and exits 0; with `--device cpu` the
-same checks (training with bf16 + channels_last + compile, evaluation with sample keeping, checkpoint + predict,
+same checks (training with bf16 + channels_last (compiled on GPUs), evaluation with sample keeping, checkpoint + predict,
 JPEG decoding, and the Ray evaluation / batch inference path) run at a tiny size and pass."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _eco(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    # RAY_ADDRESS=local: the check's own Ray instance (4 logical CPUs), never a cluster some other process started
+    # on this machine (pipeline.raystart would join that one, as users expect).
+    env = {**os.environ, "RAY_ADDRESS": "local"}
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the check would run for real")

@@ -201,12 +201,3 @@ def test_inductor_compile_amp_channels_last_on_cpu():
     channels_last through the training step: finite, decreasing loss; logits within bf16 tolerance of fp32 eager."""
     torch.manual_seed(0)
     _fast_path_trains_and_matches_eager(SmallConvNet(), SmallConvNet(), "inductor", hw=16, tol=0.05)
-
-
-def test_eco_compiled_amp_channels_last_on_cpu_train_and_match_fp32_eager():
-    """ECO-Lite through the same step with bf16 + channels_last(_3d) + torch.compile (aot_eager: dynamo's graph
-    capture and AOT autograd, what breaks on a model's Python; inductor's code generation is covered above)."""
-    torch.manual_seed(0)
-    _fast_path_trains_and_matches_eager(eco_lite(num_classes=4, num_segments=4, dropout=0.0),
-                                        eco_lite(num_classes=4, num_segments=4, dropout=0.0), "aot_eager", hw=64,
-                                        tol=0.05)
