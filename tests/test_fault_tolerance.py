@@ -28,15 +28,25 @@ def tiny_data(ray_session, tmp_path_factory):
     return tiny_dataset(tmp_path_factory)
 
 
+def _epoch_one_on_disk(wandb_root: Path) -> bool:
+    """Rank 0's W&B records of epoch 1 (its epoch row and confusion counts) are in the offline file. wandb writes
+    asynchronously, and a hard kill loses what it had not written yet: the fault is injected after this point."""
+    for folder in find_offline_runs(wandb_root):
+        try:
+            run = read_offline_run(folder)
+        except Exception:  # noqa: BLE001 - a file being written may end in a torn record
+            continue
+        if 1 in run.values("epoch") and any("val/confusion_counts" in r for r in run.history):
+            return True
+    return False
 
 
-def _kill_rank1_after_first_checkpoint(run_dir: Path, killed: dict, stop: threading.Event) -> None:
+def _kill_rank1_after_first_checkpoint(run_dir: Path, wandb_root: Path, killed: dict, stop: threading.Event) -> None:
     while not stop.is_set():
-        if "epoch_0001" in registered_checkpoints(run_dir):
+        if "epoch_0001" in registered_checkpoints(run_dir) and _epoch_one_on_disk(wandb_root):
             workers = json.loads((run_dir / "epoch_0001" / "workers.json").read_text())
             pid = next(w["pid"] for w in workers if w["rank"] == 1)
-            time.sleep(1.0)  # the workers are now inside epoch 2
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)  # the workers are now inside epoch 2
             killed["pid"] = pid
             return
         time.sleep(0.2)
@@ -48,7 +58,8 @@ def test_killed_worker_resumes_from_last_checkpoint(tiny_data, tmp_path):
     run_dir = tmp_path / "runs" / "tiny-fault"
     killed: dict = {}
     stop = threading.Event()
-    killer = threading.Thread(target=_kill_rank1_after_first_checkpoint, args=(run_dir, killed, stop), daemon=True)
+    killer = threading.Thread(target=_kill_rank1_after_first_checkpoint, args=(run_dir, wandb_dir(cfg), killed, stop),
+                              daemon=True)
     killer.start()
     try:
         result = train(cfg)
