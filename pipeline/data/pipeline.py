@@ -132,8 +132,10 @@ def create_run_state(name: str | None = None) -> ray.actor.ActorHandle:
     # resource; the driver's own node is not enough (a driver can be attached to any node's raylet).
     # Pinned the way Ray Train pins its own state actor (train/v2/_internal/state/state_actor.py).
     head = "node:__internal_head__"
+    # An explicit scheduling strategy also keeps the actor out of a placement group its creator runs in (a sweep
+    # trial's Tune placement group would otherwise capture it, and its bundles have no head-node resource).
     if any(head in n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")):
-        placement: dict[str, Any] = {"resources": {head: 0.001}}
+        placement: dict[str, Any] = {"resources": {head: 0.001}, "scheduling_strategy": "DEFAULT"}
     else:  # e.g. a cluster without a head marker: at least not on a node chosen at random
         placement = {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
                                                                            soft=True)}
