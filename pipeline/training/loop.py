@@ -117,6 +117,8 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
     del state
     tracker = Tracker(cfg, rank=rank, extra_config={"schedule": config["schedule"], "world_size": world})
+    if checkpoint is None:
+        tracker.start()  # a fresh run: W&B starts now; a resumed one only when it has something new to log
     if rank == 0 and resumed_from is not None:
         log.info("resumed from %s at epoch %d, step %d (%d clips of the epoch already trained)", checkpoint.path,
                  start_epoch, step, int(trained.sum()))

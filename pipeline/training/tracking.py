@@ -120,6 +120,11 @@ class Tracker:
         if self._active and cfg.wandb.mode == "offline":
             self._logged_step, self._logged_epoch = _already_logged(wandb_dir(cfg), run_id(cfg))
 
+    def start(self) -> bool:
+        """Start the run now (a fresh run: its run record is on disk before anything can kill the worker, e.g. a
+        sweep's scheduler stopping the trial after its first epoch)."""
+        return self._start()
+
     def _start(self) -> bool:
         if self.run is not None or not self._active:
             return self.run is not None
