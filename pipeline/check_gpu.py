@@ -252,6 +252,10 @@ def _ray_checks(check: Check, s: CheckSettings, state: dict[str, Any]) -> None:
     from pipeline.training import checkpoint as ckpt
     from pipeline.training.evaluate import evaluate
 
+    started = not ray.is_initialized()
+    # Before the dataset: preparing it starts Ray too (with the machine's core count), and batch inference needs a
+    # model actor, a decode actor and the read/write tasks at once.
+    raystart.ensure_ray(num_cpus=4)  # the project's one start-up policy: joins a running cluster if any
     with tempfile.TemporaryDirectory(prefix="eco-gpu-check-") as tmp:
         data = Path(tmp, "data")
         make_synthetic(data, classes=s.classes, videos_per_class=4, size=(s.size, s.size), frames=32, seed=0)
@@ -262,8 +266,6 @@ def _ray_checks(check: Check, s: CheckSettings, state: dict[str, Any]) -> None:
         saved = ckpt.save_checkpoint(Path(tmp, "run", "epoch_0001"), ckpt.build_state(
             state["model"], None, epoch=s.epochs, step=state.get("step", 0), config=cfg.to_dict(),
             label_names=list(names), data_seed=0, metrics={}))
-        started = not ray.is_initialized()
-        raystart.ensure_ray(num_cpus=4)  # the project's one start-up policy: joins a running cluster if any
         try:
             report = evaluate(saved, data, num_clips=2, crops=3, out_dir=Path(tmp, "eval"), amp=True)
             summary = batch_predict(data, saved, Path(tmp, "predictions"))
