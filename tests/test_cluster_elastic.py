@@ -177,7 +177,12 @@ def test_elastic_run_shrinks_and_grows_back(tiny_data, tmp_path):
     schedule = Schedule(**{**final["schedule"], "milestones": tuple(final["schedule"]["milestones"])})
     for run, group, end in zip(runs[1:], history[1:], (5 - 1, EPOCHS * STEPS_PER_EPOCH)):
         logged = [(int(row["train/step"]), row["train/lr"]) for row in run.history if "train/lr" in row]
-        assert [s for s, _ in logged] == list(range(group["step"] + 1, end + 1))
+        steps = [s for s, _ in logged]
+        # One by one up to the group's end. A redone step that the lost group had already written to W&B is not
+        # logged again (one W&B run holds every step once, pipeline.training.tracking), so the group's first logged
+        # step is the one after its checkpoint, or after the redone steps when the lost group flushed them.
+        assert steps == list(range(steps[0], end + 1))
+        assert group["step"] + 1 <= steps[0] <= group["step"] + 1 + group["steps_redone"]
         for step, lr in logged:
             assert lr == pytest.approx(lr_at(step - 1, schedule), rel=1e-12)
 
