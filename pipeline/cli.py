@@ -133,7 +133,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
-    return run_demo(out_dir=args.out) or 0
+    return run_demo(out_dir=args.out, overrides=args.overrides) or 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthetic data -> 2-worker Ray Train run -> evaluation (make demo)")
     p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the demo recipe (jobs/configs/synthetic_demo.yaml), e.g. train.epochs=5")
     p.set_defaults(func=cmd_demo)
     return parser
 

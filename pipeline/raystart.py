@@ -111,11 +111,23 @@ def ensure_ray(*, num_cpus: int | None = None, address: str | None = None,
                         "local instance. Run `ray stop` to clear it, or start the cluster again to use it.",
                         recorded, bootstrap_file())
     kwargs = {"object_store_memory": object_store_memory} if object_store_memory else {}
+    # Every process of a local instance runs on this machine, where this package is installed: the setup hook
+    # applies the console policy there too (Ray Data banners and Ray Train INFO stay in Ray's log files).
+    runtime_env = {**(storage.storage_runtime_env() or {}), "worker_process_setup_hook": quiet_ray_process}
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="warning",
-             runtime_env=storage.storage_runtime_env(), **kwargs)
+             runtime_env=runtime_env, **kwargs)
     cpus = int(ray.cluster_resources().get("CPU", 0))
-    log.info("Ray: started a local instance with %d CPUs (set RAY_ADDRESS to use a cluster)", cpus)
+    log.info("Ray: started a local instance with %d CPUs (full logs in %s; set RAY_ADDRESS to use a cluster)",
+             cpus, log_dir())
     return "local"
+
+
+def log_dir() -> str | None:
+    """Ray's log directory of the connected session (every process's stdout/stderr, ray-data.log, train/)."""
+    import ray
+
+    node = ray._private.worker._global_node  # the session directory is not in Ray's public API
+    return os.path.join(node.get_session_dir_path(), "logs") if node is not None else None
 
 
 def _join(address: str, *, reason: str) -> None:
@@ -153,6 +165,38 @@ def quiet_worker() -> None:
     spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
     if spec is not None and spec.origin:
         logging.getLogger(spec.origin).setLevel(logging.WARNING)
+    quiet()
+
+
+# Ray Train V2's PlacementGroupCleaner polls the State API every second to see whether the run's controller is
+# alive; a local instance started without the dashboard serves no State API, so it logs this warning every second
+# of the run (206 of `make demo`'s 327 lines before this filter). The cleaner only matters if the controller
+# crashes, which a local instance outlives by minutes at most.
+_REPEATED_WARNINGS = {
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner":
+        "Failed to query Ray Train Controller actor state",
+}
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def quiet_ray_process() -> None:
+    """`worker_process_setup_hook` of a local instance: the console policy of `quiet()` in every Ray process (the
+    Train controller, Ray Data's coordinators, actors), less the repeated State-API warning above. Ray Data's
+    deprecation of `ExecutionOptions.exclude_resources` is raised by Ray Train's own DataConfig, not by this
+    project, and cannot be acted on here."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*exclude_resources.*deprecated")
+    for name, prefix in _REPEATED_WARNINGS.items():
+        logging.getLogger(name).addFilter(_DropMessages(prefix))
     quiet()
 
 

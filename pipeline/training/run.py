@@ -23,7 +23,7 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 import ray  # noqa: E402
 import ray.train  # noqa: E402
 from ray.train import (  # noqa: E402
-    CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback,
+    CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback,
 )
 from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
@@ -185,6 +185,10 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep,
                                                checkpoint_score_attribute=SCORE, checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
+            # Ray Train's INFO lines (worker group started, process group set up, DDP wrap, every report's dict)
+            # go to its files under <ray logs>/train/ only; its warnings and errors (failures, restarts) still
+            # reach the console. The project's own lines use other loggers and are not filtered.
+            logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=[_FailureSummary(cfg.checkpoint.storage_path, cfg.checkpoint.max_failures), *callbacks],
             # Train workers and the controller upload checkpoints: forward the storage settings even when the
             # caller initialised Ray itself (pipeline.raystart forwards them for the whole job otherwise).
