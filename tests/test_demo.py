@@ -1,0 +1,61 @@
+"""`eco demo` as users run it (a fresh process, its own local Ray instance), shortened to 2 epochs: what the console
+shows (issue 12, "the console a newcomer sees") and that every path it prints exists.
+
+The full demo trains 20 epochs, one line each, so it stays under 60 lines when the rest of its output, measured
+here, stays under 60 - 20.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_EPOCHS = 20  # jobs/configs/synthetic_demo.yaml
+EPOCHS = 2
+# What used to drown the project's lines: Ray Train V2's PlacementGroupCleaner State-API warning (every second),
+# Ray Train's INFO lines and per-report dicts, Ray Data's per-dataset banners, a Ray-internal deprecation.
+NOISE = ("PlacementGroupCleaner", "Failed to query Ray Train Controller", "Reporting training result",
+         "Execution plan of Dataset", "Starting execution of Dataset", "RayDeprecationWarning",
+         "Wrapping provided model", "Setting up process group", "Started training worker group")
+
+
+def test_demo_console_is_the_projects_lines(tmp_path):
+    out = tmp_path / "demo"
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # its own instance, never a cluster another test left running
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "demo", "--out", str(out), "--set", f"train.epochs={EPOCHS}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1500)
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    shown = "\n".join(lines)
+    # 2 epochs do not reach the 90 % target: exit 1 with "NOT MET" is the demo working as documented.
+    assert done.returncode in (0, 1), shown[-4000:]
+    assert "Traceback" not in shown, shown[-4000:]
+
+    epoch_lines = [line for line in lines if re.search(rf"epoch +\d+/{EPOCHS} ", line)]
+    assert len(epoch_lines) == EPOCHS, shown
+    other = len(lines) - len(epoch_lines)
+    assert other + DEMO_EPOCHS < 60, f"{other} lines besides the epoch lines:\n{shown}"
+    assert not [line for line in lines if any(n in line for n in NOISE)], shown
+
+    # --- the result, and every place it names ------------------------------------------------------------------
+    top1 = re.search(r"\[demo\] validation: top-1 +([\d.]+)%", shown)
+    assert top1 and 0.0 <= float(top1.group(1)) <= 100.0, shown
+    named = dict(re.findall(r"\[demo\] (checkpoint|evaluation report|W&B offline run) +(\S+)", shown))
+    assert set(named) == {"checkpoint", "evaluation report", "W&B offline run"}, shown
+    assert (Path(named["checkpoint"]) / "model.pt").is_file()
+    report = json.loads((Path(named["evaluation report"]) / "report.json").read_text())
+    assert report["top1"] == pytest.approx(float(top1.group(1)) / 100, abs=5e-4)
+    assert list(Path(named["W&B offline run"]).glob("**/run-*.wandb"))
+    assert Path(named["checkpoint"]).is_relative_to(out)  # where the user asked, not a temporary copy
+    # Ray's full logs are named, and exist.
+    logs = re.search(r"full logs in (\S+?)[;)]", shown)
+    assert logs and Path(logs.group(1)).is_dir(), shown
