@@ -44,7 +44,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from pipeline.data import manifest
+    from pipeline.data import manifest, sources
 
     if args.source == "synthetic":
         from pipeline.data.synthetic import make_synthetic
@@ -52,19 +52,19 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         summary = make_synthetic(args.out, classes=args.classes, videos_per_class=args.videos_per_class,
                                  size=args.size, frames=args.frames, fps=args.fps, seed=args.seed)
     elif args.source == "shards":
-        from pipeline.data.shards import write_shards
+        from pipeline.data.shard_writer import write_shards
 
         summary = write_shards(args.manifest, args.out, short_side=args.short_side, fps=args.fps,
                                quality=args.quality, max_shard_bytes=args.max_shard_mb * 2**20, format=args.format)
     else:
         if args.source == "folder":
-            source = manifest.FolderSource(args.root)
+            source = sources.FolderSource(args.root)
         elif args.source == "kinetics":
-            source = manifest.KineticsSource(args.annotations, args.videos)
+            source = sources.KineticsSource(args.annotations, args.videos)
         elif args.source == "ucf101":
-            source = manifest.UCF101Source(args.splits, args.videos, split_number=args.split_number)
+            source = sources.UCF101Source(args.splits, args.videos, split_number=args.split_number)
         else:
-            source = manifest.TableSource(args.table)
+            source = sources.TableSource(args.table)
         summary = manifest.prepare(source, args.out, val_fraction=args.val_fraction, seed=args.seed,
                                    probe_timeout_s=args.probe_timeout,
                                    normalize_short_side=args.normalize_short_side, normalize_gop=args.normalize_gop,

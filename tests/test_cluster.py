@@ -40,14 +40,34 @@ def tiny_data(ray_session, tmp_path_factory):
 
 
 def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
+    """`n` distinct TCP ports that are free now, chosen BELOW the kernel's ephemeral range.
+
+    The ports go to `ray start` processes, so no socket can be held open for them. Binding port 0 and closing it
+    (the usual trick) hands out an ephemeral port that the kernel may give to the very next bind(0) or outgoing
+    connection (Ray's own workers make hundreds) before `ray start` binds it. Ports below the ephemeral range are
+    never handed out that way: once checked free, only an explicit bind can take one. The start is random per
+    call, so two runs on one machine rarely probe the same ports.
+    """
     try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768  # Linux's default
+    low = 10000
+    span = max(ephemeral_low - low, n)
+    start = low + int.from_bytes(os.urandom(4), "little") % span
+    ports: list[int] = []
+    for i in range(span):
+        port = low + (start - low + i) % span
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"no {n} free ports between {low} and {ephemeral_low}")
 
 
 def _node_ports(ports: list[int]) -> list[str]:

@@ -8,17 +8,14 @@ import numpy as np
 import pytest
 
 from pipeline.data.decode import (
-    CHILD_PROCESS_NAME,
     DECORD_BAD_WIDTHS,
-    SHARED_IDLE_TIMEOUT_S,
     DecodeError,
-    IsolatedDecoder,
     VideoInfo,
     decode_frames,
     decode_stream_chunk,
     probe,
-    shared_decoder,
 )
+from pipeline.data.isolation import CHILD_PROCESS_NAME, SHARED_IDLE_TIMEOUT_S, IsolatedDecoder, shared_decoder
 from pipeline.data.encode import available_codecs as available_encoders
 from pipeline.data.encode import write_video
 from pipeline.data.sampling import eval_indices, train_indices
@@ -343,7 +340,7 @@ def test_scaled_size_matches_transforms():
 
 
 def test_benchmark_baselines_decode_the_same_frames(vdir):
-    from pipeline.data.decode import decode_all, naive_get_batch
+    from pipeline.bench.baselines import decode_all, naive_get_batch
 
     path = write_test_video(vdir / "bench.mp4", num_frames=20)
     assert decode_all(path) == 20 and decode_all(path, short_side=32) == 20
@@ -493,7 +490,7 @@ def test_data_decoder_config_is_validated():
 def test_training_decoder_decodes_each_row_with_its_backend(vdir):
     # The video pipeline's decode stage (run directly, without Ray Data): a rotated H.264 row (decord) and, where an
     # AV1 encoder exists, an AV1 row (PyAV) from one batch, both upright, the right frames, in the killable child.
-    from pipeline.data.pipeline import _ClipDecoder
+    from pipeline.data.clips import VideoClipDecoder
 
     paths = [write_rotated_video(vdir / "train_rot90.mp4", rotation=90, width=48, height=96)]
     if "libsvtav1" in available_encoders():
@@ -504,10 +501,11 @@ def test_training_decoder_decodes_each_row_with_its_backend(vdir):
              "label": np.arange(len(paths)), "num_frames": np.array([i.num_frames for i in infos]),
              "width": np.array([i.width for i in infos]), "height": np.array([i.height for i in infos]),
              "backend": np.array([i.backend for i in infos], object)}
-    decoder = _ClipDecoder(num_threads=1, timeout_s=60, max_clips_per_process=100, train=False, num_segments=4,
-                           short_side=32, crop_size=32, multiscale=False, flip=False, shuffle_frames=False, seed=0,
-                           crops=3)
-    out = decoder(batch)
+    decoder = VideoClipDecoder(num_threads=1, timeout_s=60, max_clips_per_process=100, train=False, num_segments=4,
+                               short_side=32, crop_size=32, multiscale=False, flip=False, shuffle_frames=False,
+                               seed=0, crops=3)
+    out, failures = decoder(batch)
+    assert failures == []
     assert out["clip"].shape == (3 * len(paths), 4, 32, 32, 3)
     for v in range(len(paths)):
         top = out["clip"][3 * v]  # crops of a portrait video: top, centre, bottom; the marker is in the top one

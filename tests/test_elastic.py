@@ -138,7 +138,8 @@ def test_clip_source_leaves_out_the_rows_a_resumed_epoch_trained(ray_session):
     import pyarrow as pa
     import ray
 
-    from pipeline.data.pipeline import _ClipSource, create_run_state
+    from pipeline.data.pipeline import _ClipSource
+    from pipeline.data.run_state import create_run_state
 
     rows = pa.table({"video_id": [f"v{i}" for i in range(10)], "n": list(range(10))})
     state = create_run_state()

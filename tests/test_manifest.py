@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.data import manifest as m
+from pipeline.data import sources
 from pipeline.data.encode import write_audio_only, write_video
 
 CLASSES = ("jump", "run", "swim")
@@ -70,7 +71,7 @@ def _good_paths(root: Path) -> set[str]:
 def folder_prepared(ray_session, tree, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared") / "out"
     # Two probe actors: the probe runs in parallel.
-    summary = m.prepare(m.FolderSource(tree[0]), out, val_fraction=0.25, seed=3, probe_workers=2)
+    summary = m.prepare(sources.FolderSource(tree[0]), out, val_fraction=0.25, seed=3, probe_workers=2)
     return out, summary
 
 
@@ -140,7 +141,7 @@ def test_ray_job_entrypoint_equals_eco_prepare(ray_session, tree, folder_prepare
 
 def test_split_is_deterministic_from_seed(ray_session, tree, folder_prepared, tmp_path):
     root, _ = tree
-    m.prepare(m.FolderSource(root), tmp_path / "again", val_fraction=0.25, seed=3, **PROBE)
+    m.prepare(sources.FolderSource(root), tmp_path / "again", val_fraction=0.25, seed=3, **PROBE)
     first, again = (m.read_manifest(p).to_pylist() for p in (folder_prepared[0], tmp_path / "again"))
     assert {r["video_id"]: r["split"] for r in first} == {r["video_id"]: r["split"] for r in again}
     # The split is stratified_split of the accepted videos per class.
@@ -172,7 +173,7 @@ def test_folder_with_split_folders(ray_session, tree, tmp_path):
         (split_root / "validation" / name).mkdir(parents=True)
         shutil.copy(root / name / f"{name}_0.mp4", split_root / "train" / name / "a.mp4")
         shutil.copy(root / name / f"{name}_1.mp4", split_root / "validation" / name / "b.mp4")
-    summary = m.prepare(m.FolderSource(split_root), tmp_path / "out", **PROBE)
+    summary = m.prepare(sources.FolderSource(split_root), tmp_path / "out", **PROBE)
     rows = m.read_manifest(tmp_path / "out").to_pylist()
     assert summary.splits == {"train": 3, "val": 3}
     assert {(r["video_id"], r["split"], r["label_name"]) for r in rows} == (
@@ -198,10 +199,10 @@ def test_kinetics_source(ray_session, tree, tmp_path):
                 sub = clips / label.replace(" ", "_") if yid != "xyz" else clips
                 sub.mkdir(parents=True, exist_ok=True)
                 shutil.copy(root / src, sub / f"{yid}_{start:06d}_{end:06d}.mp4")
-    listing = m.KineticsSource(annotations, clips).list()
+    listing = sources.KineticsSource(annotations, clips).list()
     assert listing.label_names is None  # the default label map: sorted names
     # A pinned label list (e.g. the 400 Kinetics names) keeps its numbering.
-    summary = m.prepare(m.KineticsSource(annotations, clips, labels=["zumba", "playing guitar", "abseiling"]),
+    summary = m.prepare(sources.KineticsSource(annotations, clips, labels=["zumba", "playing guitar", "abseiling"]),
                         tmp_path / "out", **PROBE)
     table = m.read_manifest(tmp_path / "out")
     got = {r["video_id"]: (r["label_name"], r["label"], r["split"]) for r in table.to_pylist()}
@@ -218,7 +219,7 @@ def test_kinetics_source(ray_session, tree, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("label,youtube_id,time_start\nx,y,1\n")
     with pytest.raises(m.ManifestError, match=r"bad\.csv.*missing column\(s\) time_end"):
-        m.KineticsSource(bad, clips).list()
+        sources.KineticsSource(bad, clips).list()
 
 
 def test_ucf101_split_files(ray_session, tree, tmp_path):
@@ -238,7 +239,7 @@ def test_ucf101_split_files(ray_session, tree, tmp_path):
     index = {cls: i + 1 for i, cls in enumerate(names)}
     (splits / "trainlist01.txt").write_text("".join(f"{p} {index[p.split('/')[0]]}\r\n" for p in train))
     (splits / "testlist01.txt").write_text("".join(f"{p}\n" for p in test))
-    summary = m.prepare(m.UCF101Source(splits, videos, split_number=1), tmp_path / "out", **PROBE)
+    summary = m.prepare(sources.UCF101Source(splits, videos, split_number=1), tmp_path / "out", **PROBE)
     assert m.read_labels(tmp_path / "out") == ["Swimming", "Jumping", "Running"]
     rows = m.read_manifest(tmp_path / "out").to_pylist()
     assert {(r["video_id"], r["label"], r["split"]) for r in rows} == (
@@ -249,10 +250,10 @@ def test_ucf101_split_files(ray_session, tree, tmp_path):
     (splits / "trainlist02.txt").write_text(f"{train[0]} 7\n")
     (splits / "testlist02.txt").write_text("")
     with pytest.raises(m.ManifestError, match=r"trainlist02\.txt line 1: label index 7.*1-based"):
-        m.UCF101Source(splits, videos, split_number=2).list()
+        sources.UCF101Source(splits, videos, split_number=2).list()
     with pytest.raises(m.ManifestError, match=r"testlist03\.txt: file not found"):
         (splits / "trainlist03.txt").write_text(f"{train[0]} 1\n")
-        m.UCF101Source(splits, videos, split_number=3).list()
+        sources.UCF101Source(splits, videos, split_number=3).list()
 
 
 def test_table_sources_csv_names_and_parquet_ints(ray_session, tree, tmp_path):
@@ -268,7 +269,7 @@ def test_table_sources_csv_names_and_parquet_ints(ray_session, tree, tmp_path):
             w.writerow([f"jump/jump_{i}.mp4", "jump"])
         w.writerow([str(root / "run" / "run_0.mp4"), "run"])
         w.writerow([str(root / "swim" / "swim_0.mp4"), "dance"])
-    summary = m.prepare(m.TableSource(table_dir / "list.csv", labels=["jump", "run"]), tmp_path / "csv",
+    summary = m.prepare(sources.TableSource(table_dir / "list.csv", labels=["jump", "run"]), tmp_path / "csv",
                         val_fraction=0.25, **PROBE)
     rows = m.read_manifest(tmp_path / "csv").to_pylist()
     assert sorted(r["path"] for r in rows) == sorted(
@@ -280,7 +281,7 @@ def test_table_sources_csv_names_and_parquet_ints(ray_session, tree, tmp_path):
     paths = [str(root / "swim" / "swim_0.mp4"), str(root / "jump" / "jump_2.mp4"), str(bad["empty"])]
     pq.write_table(pa.table({"path": paths, "label": [2, 0, 1], "split": ["train", "val", "train"]}),
                    tmp_path / "list.parquet")
-    summary = m.prepare(m.TableSource(tmp_path / "list.parquet"), tmp_path / "pq", **PROBE)
+    summary = m.prepare(sources.TableSource(tmp_path / "list.parquet"), tmp_path / "pq", **PROBE)
     assert m.read_labels(tmp_path / "pq") == ["0", "1", "2"]
     got = {r["path"]: (r["label"], r["split"]) for r in m.read_manifest(tmp_path / "pq").to_pylist()}
     assert got == {paths[0]: (2, "train"), paths[1]: (0, "val")}
@@ -295,7 +296,7 @@ def test_hanging_and_crashing_probes_are_quarantined(ray_session, tree, tmp_path
     for p in paths[1:3]:
         shutil.copy(paths[0], p)
     pq.write_table(pa.table({"path": [str(p) for p in paths], "label": ["a", "a", "b", "b"]}), tmp_path / "t.parquet")
-    summary = m.prepare(m.TableSource(tmp_path / "t.parquet"), tmp_path / "out", probe_fn=faulty_probe,
+    summary = m.prepare(sources.TableSource(tmp_path / "t.parquet"), tmp_path / "out", probe_fn=faulty_probe,
                         probe_workers=1, probe_timeout_s=10)
     assert sorted(m.read_manifest(tmp_path / "out").column("path").to_pylist()) == [str(paths[0]), str(paths[3])]
     quarantine = {Path(q["path"]).name: q["reason"]
@@ -307,22 +308,22 @@ def test_hanging_and_crashing_probes_are_quarantined(ray_session, tree, tmp_path
 def test_clear_errors(ray_session, tmp_path):
     (tmp_path / "t.csv").write_text("file,label\na.mp4,x\n")
     with pytest.raises(m.ManifestError, match=r"t\.csv: missing column\(s\) path"):
-        m.TableSource(tmp_path / "t.csv").list()
+        sources.TableSource(tmp_path / "t.csv").list()
     (tmp_path / "empty").mkdir()
     with pytest.raises(m.ManifestError, match=r"empty: no videos found"):
-        m.FolderSource(tmp_path / "empty").list()
+        sources.FolderSource(tmp_path / "empty").list()
     with pytest.raises(m.ManifestError, match=r"nowhere: directory not found"):
-        m.FolderSource(tmp_path / "nowhere").list()
+        sources.FolderSource(tmp_path / "nowhere").list()
     (tmp_path / "s.csv").write_text("path,label,split\na.mp4,x,holdout\n")
     with pytest.raises(m.ManifestError, match=r"s\.csv row 1: unknown split 'holdout'"):
-        m.TableSource(tmp_path / "s.csv").list()
+        sources.TableSource(tmp_path / "s.csv").list()
     pq.write_table(pa.table({"video_id": ["a"], "path": ["a.mp4"]}), tmp_path / "manifest.parquet")
     with pytest.raises(m.ManifestError, match=r"manifest\.parquet: missing manifest column\(s\) label, label_name"):
         m.read_manifest(tmp_path)
     with pytest.raises(m.ManifestError, match=r"labels\.json: file not found"):
         m.read_labels(tmp_path)
     with pytest.raises(m.ManifestError, match="normalize_gop must be >= 1"):
-        m.prepare(m.FolderSource(tmp_path), tmp_path / "out", normalize_gop=0)
+        m.prepare(sources.FolderSource(tmp_path), tmp_path / "out", normalize_gop=0)
 
 
 def test_normalize_reencodes_into_the_output(ray_session, tree, tmp_path):
@@ -330,7 +331,7 @@ def test_normalize_reencodes_into_the_output(ray_session, tree, tmp_path):
     paths = [str(root / "jump" / "jump_0.mp4"), str(root / "swim" / "swim_1.mp4"), str(bad["text"])]
     pq.write_table(pa.table({"path": paths, "label": ["jump", "swim", "swim"], "split": ["train", "val", "val"]}),
                    tmp_path / "t.parquet")
-    summary = m.prepare(m.TableSource(tmp_path / "t.parquet"), tmp_path / "out", normalize_short_side=32,
+    summary = m.prepare(sources.TableSource(tmp_path / "t.parquet"), tmp_path / "out", normalize_short_side=32,
                         normalize_gop=4, **PROBE)
     rows = {r["video_id"]: r for r in m.read_manifest(tmp_path / "out").to_pylist()}
     assert set(rows) == set(paths[:2])
@@ -374,7 +375,7 @@ def test_s3_manifest_and_decode(ray_session, tree, tmp_path, s3_server):
             s3_server.upload_file(str(root / name / f"{name}_{i}.mp4"), "videos", f"ucf/{name}/{name}_{i}.mp4")
     s3_server.upload_file(str(bad["text"]), "videos", "ucf/run/notes.mp4")
 
-    summary = m.prepare(m.FolderSource("s3://videos/ucf"), "s3://videos/prepared", val_fraction=0.5, **PROBE)
+    summary = m.prepare(sources.FolderSource("s3://videos/ucf"), "s3://videos/prepared", val_fraction=0.5, **PROBE)
     assert summary.accepted == 4 and summary.rejected == {"not_a_video": 1}
     listed = {o["Key"] for o in s3_server.list_objects_v2(Bucket="videos", Prefix="prepared/")["Contents"]
               if not o["Key"].endswith("/")}  # pyarrow's create_dir leaves a "prepared/" marker object
@@ -388,7 +389,8 @@ def test_s3_manifest_and_decode(ray_session, tree, tmp_path, s3_server):
 
     # Decode a clip from S3 in the Ray Data pipeline (the decode actors read the bytes through pyarrow).
     from pipeline.config import Config
-    from pipeline.data.pipeline import build_eval_dataset, create_run_state
+    from pipeline.data.pipeline import build_eval_dataset
+    from pipeline.data.run_state import create_run_state
 
     cfg = Config().replace({"model.num_segments": 4, "data.short_side": 32, "data.crop_size": 32,
                             "data.decode_workers": 1, "data.decode_timeout_s": 60.0})
@@ -405,7 +407,8 @@ def test_real_world_inputs_rotation_av1_streams_static_and_unreadable(ray_sessio
     """Issue 13: every candidate ends in the manifest or the quarantine, with display sizes and the decode backend
     the probe chose; frame shards (a Ray job on the manifest) hold upright frames with the display aspect."""
     from pipeline.data.encode import available_codecs
-    from pipeline.data.shards import ShardReader, read_shard_manifest, write_shards
+    from pipeline.data.shard_writer import write_shards
+    from pipeline.data.shards import ShardReader, read_shard_manifest
     from tests.videos import (frame_number, make_unreadable, marked_frames, marker_corner, write_rotated_video,
                               write_static_video, write_two_streams)
 
@@ -421,7 +424,7 @@ def test_real_world_inputs_rotation_av1_streams_static_and_unreadable(ray_sessio
     (root / "screen" / "deleted_clip.mp4").symlink_to(root / "screen" / "nowhere.mp4")
     make_unreadable(root / "screen" / "locked.mp4")
 
-    summary = m.prepare(m.FolderSource(root), tmp_path / "out", val_fraction=0.0, **PROBE)
+    summary = m.prepare(sources.FolderSource(root), tmp_path / "out", val_fraction=0.0, **PROBE)
     rows = {Path(r["path"]).name: r for r in m.read_manifest(tmp_path / "out").to_pylist()}
     expected = {  # name: (width, height, num_frames, codec, backend), display sizes
         "portrait90.mp4": (48, 96, 8, "h264", "decord"),

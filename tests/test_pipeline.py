@@ -17,14 +17,9 @@ from pipeline.config import Config
 from pipeline.data import sampling
 from pipeline.data.encode import write_video
 from pipeline.data.manifest import MANIFEST_SCHEMA
-from pipeline.data.decode import CHILD_PROCESS_NAME
-from pipeline.data.pipeline import (
-    ClipCollate,
-    _ClipSource,
-    build_eval_dataset,
-    build_train_dataset,
-    create_run_state,
-)
+from pipeline.data.isolation import CHILD_PROCESS_NAME
+from pipeline.data.pipeline import ClipCollate, _ClipSource, build_eval_dataset, build_train_dataset
+from pipeline.data.run_state import create_run_state
 from tests.faults import faulty_decode
 from tests.processes import descendants_named
 

@@ -18,6 +18,7 @@ import pytest
 
 from pipeline import storage
 from pipeline.data import manifest as m
+from pipeline.data import sources
 from pipeline.training.tracking import read_offline_run, sync_command
 from train_helpers import TINY_TRAIN, TINY_VAL, tiny_config, tiny_dataset
 
@@ -63,7 +64,7 @@ def s3(tmp_path_factory):
 
 def test_everything_on_s3(s3, tmp_path, monkeypatch, capsys):
     from pipeline import cli
-    from pipeline.data.shards import write_shards
+    from pipeline.data.shard_writer import write_shards
     from pipeline.training.evaluate import evaluate
     from pipeline.training.run import train
 
@@ -71,7 +72,7 @@ def test_everything_on_s3(s3, tmp_path, monkeypatch, capsys):
     data = f"s3://{BUCKET}/prepared"
 
     # --- prepare from s3:// ----------------------------------------------------------------------------------
-    summary = m.prepare(m.FolderSource(f"s3://{BUCKET}/src"), data, val_fraction=0.25, probe_workers=1)
+    summary = m.prepare(sources.FolderSource(f"s3://{BUCKET}/src"), data, val_fraction=0.25, probe_workers=1)
     assert summary.accepted == TINY_TRAIN + TINY_VAL
 
     # --- train: checkpoints on s3://, W&B offline run local with one sync command ---------------------------

@@ -17,15 +17,9 @@ import pytest
 from pipeline.data import sampling
 from pipeline.data.encode import count_keyframes, write_video
 from pipeline.data.manifest import MANIFEST_SCHEMA
-from pipeline.data.shards import (
-    FRAME_SCHEMA,
-    ShardClipDecoder,
-    ShardReader,
-    decode_clip_from_shard,
-    kept_frame_indices,
-    read_shard_manifest,
-    write_shards,
-)
+from pipeline.data.clips import ShardClipDecoder, VideoClipDecoder
+from pipeline.data.shard_writer import write_shards
+from pipeline.data.shards import FRAME_SCHEMA, ShardReader, kept_frame_indices, read_shard_manifest
 
 SHORT = 48
 QUALITY = 95
@@ -105,6 +99,7 @@ def test_round_trip_matches_video_path(arrow_shards, videos):
     table = read_shard_manifest(str(out))
     assert sorted(table.column("video_id").to_pylist()) == ["a", "b", "c"]
     by_id = {r["video_id"]: r for r in table.to_pylist()}
+    reader = ShardReader()
     for src in rows:
         row = by_id[src["video_id"]]
         # Every decodable frame kept, so sampling over the shard is sampling over the video.
@@ -116,7 +111,7 @@ def test_round_trip_matches_video_path(arrow_shards, videos):
                         sampling.eval_indices(src["num_frames"], 8),
                         np.arange(src["num_frames"])):
             expected = decode_frames(src["path"], indices, short_side=SHORT, num_frames=src["num_frames"])
-            got = decode_clip_from_shard(row["path"], row["batch_index"], indices, video_id=src["video_id"])
+            got = reader.decode(row["path"], row["batch_index"], indices, video_id=src["video_id"])
             assert got.dtype == np.uint8 and got.shape == expected.shape
             err = np.abs(got.astype(np.int16) - expected.astype(np.int16))
             assert err.mean() < JPEG_MAE, (src["video_id"], err.mean())
@@ -215,25 +210,23 @@ def _decoder_kwargs(train: bool, **extra):
 
 def test_shard_clip_decoder_matches_video_decoder(ray_session, arrow_shards, videos):
     """Same rows through the video pipeline's decoder and the shard decoder: same sampling, crops and flips."""
-    from pipeline.data.pipeline import _DECODE_COLUMNS, _ClipDecoder, create_run_state
-
     out, _ = arrow_shards
     manifest_dir, rows = videos
-    state = create_run_state()
     shard_rows = {r["video_id"]: r for r in read_shard_manifest(str(out)).to_pylist()}
     order = [r["video_id"] for r in rows]
     video_batch = {k: np.asarray([r[k] for r in rows], dtype=object if k in ("path", "video_id") else None)
-                   for k in _DECODE_COLUMNS}
+                   for k in VideoClipDecoder.columns}
     shard_batch = {k: np.asarray([shard_rows[v][k] for v in order], dtype=object if k in ("path", "video_id") else None)
                    for k in ("path", "video_id", "label", "num_frames", "batch_index")}
     # The pipeline's manifest source stamps each row with its epoch; both decoders sample with it.
     for batch in (video_batch, shard_batch):
         batch["epoch"] = np.full(len(rows), 2, np.int64)
     for train, extra in ((True, {}), (False, {"num_clips": 2, "crops": 3})):
-        video_dec = _ClipDecoder(**_decoder_kwargs(train, **extra), num_threads=1, timeout_s=30,
-                                 max_clips_per_process=100, run_state=state)
-        shard_dec = ShardClipDecoder(**_decoder_kwargs(train, **extra), run_state=state)
-        want, got = video_dec(video_batch), shard_dec(shard_batch)
+        video_dec = VideoClipDecoder(**_decoder_kwargs(train, **extra), num_threads=1, timeout_s=30,
+                                     max_clips_per_process=100)
+        shard_dec = ShardClipDecoder(**_decoder_kwargs(train, **extra))
+        (want, want_failed), (got, got_failed) = video_dec(video_batch), shard_dec(shard_batch)
+        assert want_failed == got_failed == []
         assert list(got["video_id"]) == list(want["video_id"])
         assert got["clip_index"].tolist() == want["clip_index"].tolist()
         assert got["label"].tolist() == want["label"].tolist()
@@ -243,26 +236,20 @@ def test_shard_clip_decoder_matches_video_decoder(ray_session, arrow_shards, vid
         video_dec.decoder.close()
 
 
-def test_shards_through_ray_data(ray_session, arrow_shards):
-    """The shard decoder as a Ray Data actor-pool stage; a row pointing at a missing shard is dropped and recorded."""
-    import ray
-
-    from pipeline.data.pipeline import create_run_state
-
+def test_shard_decoder_returns_the_rows_it_cannot_read(arrow_shards):
+    """A row pointing at a missing shard is dropped and returned as a failure (the pipeline's decode stage records
+    it, test_pipeline); the other rows become clips."""
     out, _ = arrow_shards
     table = read_shard_manifest(str(out))
     missing = table.slice(0, 1).set_column(table.schema.get_field_index("path"), "path",
                                            pa.array([str(out / "gone.arrow")]))
     missing = missing.set_column(0, "video_id", pa.array(["ghost"]))
-    state = create_run_state()
-    ds = ray.data.from_arrow(pa.concat_tables([table, missing])).map_batches(
-        ShardClipDecoder, fn_constructor_kwargs=_decoder_kwargs(True, run_state=state), batch_size=2,
-        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
-    got = ds.take_all()
-    assert sorted(r["video_id"] for r in got) == ["a", "b", "c"]
-    assert {r["video_id"]: r["label"] for r in got} == {"a": 0, "b": 1, "c": 1}
-    assert all(r["clip"].shape == (8, 40, 40, 3) and r["clip"].dtype == np.uint8 for r in got)
-    failures = ray.get(state.failures.remote())
+    both = pa.concat_tables([table, missing])
+    batch = {name: both.column(name).to_numpy(zero_copy_only=False) for name in both.column_names}
+    got, failures = ShardClipDecoder(**_decoder_kwargs(True))(batch)
+    assert sorted(got["video_id"]) == ["a", "b", "c"]
+    assert dict(zip(got["video_id"], got["label"].tolist())) == {"a": 0, "b": 1, "c": 1}
+    assert got["clip"].shape == (3, 8, 40, 40, 3) and got["clip"].dtype == np.uint8
     assert [(f["video_id"], f["reason"]) for f in failures] == [("ghost", "shard_error")]
     assert "gone.arrow" in failures[0]["path"]
 
@@ -272,7 +259,8 @@ def test_training_pipeline_reads_shards_when_data_format_is_shards(ray_session, 
     sampling and transforms; a video manifest under data.format=shards is refused with a message naming it."""
     from pipeline.config import Config
     from pipeline.data.manifest import ManifestError
-    from pipeline.data.pipeline import build_eval_dataset, build_train_dataset, create_run_state
+    from pipeline.data.pipeline import build_eval_dataset, build_train_dataset
+    from pipeline.data.run_state import create_run_state
 
     out, _ = arrow_shards
     manifest_dir, rows = videos

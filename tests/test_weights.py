@@ -8,6 +8,7 @@ authors' fixed-size pools are defined.
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 from pathlib import Path
@@ -22,7 +23,6 @@ from pipeline.model import (
     eco_full,
     eco_lite,
     load_weights,
-    model_from_checkpoint,
     official_to_project,
     project_to_official,
     read_checkpoint,
@@ -46,13 +46,41 @@ def _calibrate_bn(model: ECO, seed: int, size: int = 112, frames: int = 4) -> No
     model.eval()
 
 
+# The real ECO-Lite Kinetics checkpoint's keys and shapes, in its order (all 216; how they were taken: the file's
+# "source"). Kept in sync with ../shared/data/eco_lite_kinetics_keys.json, which test_init_weights also reads.
+OFFICIAL_LITE_KEYS: list[tuple[str, tuple[int, ...]]] = [
+    (key, tuple(shape)) for key, shape in
+    json.loads((Path(__file__).parent / "data" / "eco_lite_kinetics_keys.json").read_text())["keys"]]
+
+
 def _official_state_dict(model: ECO) -> dict[str, torch.Tensor]:
-    """The authors' key names, derived independently of weights.py: our paths end in the Caffe layer name."""
+    """`model`'s tensors under the authors' key names, independently of weights.py.
+
+    ECO-Lite: the real checkpoint's key list (OFFICIAL_LITE_KEYS, in its order), each key filled with our tensor of
+    the same Caffe layer and parameter (our paths end in the layer name); every shape but the classifier's (the
+    class count) is the checkpoint's. ECO-Full (no key list of a real file here): the names derived from ours.
+    """
+    by_layer = {tuple(key.split(".")[-2:]) if not key.startswith("fc.") else ("new_fc", key[3:]): value
+                for key, value in model.state_dict().items()}
+    if model.variant != "lite":
+        return {f"module.new_fc.{param}" if layer == "new_fc" else f"module.base_model.{layer}.{param}": value
+                for (layer, param), value in by_layer.items()}
     out = {}
-    for key, value in model.state_dict().items():
-        layer, param = key.split(".")[-2:]
-        out["module.new_fc." + param if key.startswith("fc.") else f"module.base_model.{layer}.{param}"] = value
+    for key, shape in OFFICIAL_LITE_KEYS:
+        layer, param = key.removeprefix("module.").removeprefix("base_model.").split(".")
+        value = by_layer.pop((layer, param))
+        if layer != "new_fc":
+            assert tuple(value.shape) == shape, (key, tuple(value.shape), shape)
+        out[key] = value
+    assert not by_layer, f"model tensors the real checkpoint does not have: {sorted(by_layer)[:5]}"
     return out
+
+
+def _model_from_checkpoint(path: Path) -> ECO:
+    """The library's one checkpoint -> model path (what `eco predict` and `eco evaluate` use)."""
+    from pipeline.inference.predictor import Predictor
+
+    return Predictor.from_checkpoint(path, device="cpu").model
 
 
 def _write_official(path: Path, state_dict: dict[str, torch.Tensor]) -> Path:
@@ -240,6 +268,8 @@ def test_remapping_round_trips_every_key(variant: str) -> None:
     official = project_to_official(state)
     assert set(official) == set(_official_state_dict(model))
     assert len(official) == {"lite": 216, "full": 566}[variant]
+    if variant == "lite":  # the real file's keys, in the real file's order
+        assert list(official) == [key for key, _ in OFFICIAL_LITE_KEYS]
     assert list(official_to_project(official)) == list(state)
 
 
@@ -367,7 +397,7 @@ def test_project_checkpoint_directory_and_file(tmp_path: Path, lite_source: ECO)
     report = load_weights(ECO(variant="lite", num_classes=7, num_segments=4, dropout=0.3), ckpt, name="run/epoch_3")
     assert report.path == "run/epoch_3" and report.layout == "project"
 
-    rebuilt, ckpt = model_from_checkpoint(run)
+    rebuilt = _model_from_checkpoint(run)
     assert (rebuilt.variant, rebuilt.num_classes, rebuilt.num_segments, rebuilt.training) == ("lite", 7, 4, False)
     clip = _clip(5, t=4, size=112)
     with torch.no_grad():

@@ -50,6 +50,7 @@ def _elapsed_cpu(timer: CpuTimer) -> float:
 
 def run(args) -> int:
     """Generate the videos, measure, print the table (this function prints: it is the CLI's output)."""
+    from pipeline.bench import baselines
     from pipeline.data import decode, sampling, transforms
     from pipeline.data.encode import write_video
 
@@ -85,12 +86,12 @@ def run(args) -> int:
 
                 def naive():
                     idx = sampling.train_indices(info.num_frames, SEGMENTS, rng)
-                    frames = decode.naive_get_batch(str(path), idx)
+                    frames = baselines.naive_get_batch(str(path), idx)
                     frames = transforms.resize_short_side(frames, SHORT_SIDE)
                     transforms.train_transform(frames, crop_size=CROP, rng=rng)
 
                 def full():
-                    decode.decode_all(str(path), num_threads=1, short_side=SHORT_SIDE,
+                    baselines.decode_all(str(path), num_threads=1, short_side=SHORT_SIDE,
                                       size=(info.width, info.height))
 
                 timings = {name: _measure(fn, min_clips=min_clips, min_cpu_s=min_cpu_s, max_clips=max_clips)

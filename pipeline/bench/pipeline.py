@@ -8,11 +8,11 @@ memory over many clips.
    the ratio 2 CPUs / 1 CPU is the scaling (ideal 2.0 on 2 idle cores). A short warm-up pass before each
    measurement starts the decode worker processes and their decode children, as a training run's first epoch
    does for all later ones. Then the same stage with 2 CPUs on Arrow IPC frame shards of the same videos
-   (`data.format=shards`, `pipeline.data.shards.ShardClipDecoder`).
+   (`data.format=shards`, `pipeline.data.clips.ShardClipDecoder`).
 2. Memory: one long epoch (10,000 clips; --quick: 600) through the same pipeline with 2 decode tasks at a time
    (small 160x120 1 s videos at 112 px, so that 10,000 clips take minutes, not an hour, on a small machine). A
    sampler thread reads the resident set size (/proc) of every Ray worker process that has run a decode task and
-   of its child decode processes (pipeline.data.decode.IsolatedDecoder) twice a second. Growth = median RSS over
+   of its child decode processes (pipeline.data.isolation.IsolatedDecoder) twice a second. Growth = median RSS over
    the last 10% of clips minus the median over 10-20% (after warm-up). The child is replaced every
    `data.decode_max_clips_per_process` clips, which is what bounds decord's per-reader leak.
 """
@@ -141,8 +141,9 @@ def _shard_stage(manifest_dir: Path, work: Path, *, clips: int) -> dict[str, Any
     CPU each) reading Arrow IPC frame shards of the same videos with `ShardClipDecoder`."""
     import ray
 
-    from pipeline.data.pipeline import build_train_dataset, create_run_state
-    from pipeline.data.shards import write_shards
+    from pipeline.data.pipeline import build_train_dataset
+    from pipeline.data.run_state import create_run_state
+    from pipeline.data.shard_writer import write_shards
 
     shard_dir = work / "shards"
     if not (shard_dir / "manifest.parquet").exists():
@@ -167,7 +168,8 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False, memory_c
             scaling_clips: int | None = None) -> dict[str, Any]:
     import ray
 
-    from pipeline.data.pipeline import build_train_dataset, create_run_state
+    from pipeline.data.pipeline import build_train_dataset
+    from pipeline.data.run_state import create_run_state
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="eco-bench-pipeline-"))
     seconds = 3.0 if quick else 10.0

@@ -60,7 +60,7 @@ def _write_in_process(manifest_dir: Path, out: Path, *, fmt: str, fps: float | N
     """Write shards for every video of `manifest_dir` without Ray (the benchmark process is the only worker)."""
     import pyarrow.parquet as pq
 
-    from pipeline.data.shards import _shard_manifest_table, _write_chunk
+    from pipeline.data.shard_writer import _shard_manifest_table, _write_chunk
 
     rows = pq.read_table(manifest_dir / "manifest.parquet").to_pylist()
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,8 @@ def measure_shards(work_dir: str | Path | None = None, *, quick: bool = False, c
     import torch
 
     from pipeline.data import transforms
-    from pipeline.data.decode import decode_frames, naive_get_batch
+    from pipeline.bench.baselines import naive_get_batch
+    from pipeline.data.decode import decode_frames
     from pipeline.data.shards import ShardReader
 
     torch.set_num_threads(1)  # per-core figures: one thread for the transforms and the JPEG decoder

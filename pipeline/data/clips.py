@@ -1,17 +1,29 @@
-"""From one manifest row to its clips: TSN sampling + transforms, whatever stores the frames (pure; no Ray/decord).
+"""From one manifest row to its clips: the one training/evaluation clip computation, and the row decoders.
 
-The video decoder (pipeline.data.pipeline) and the frame-shard decoder (pipeline.data.shards) differ only in how
-they fetch frames and name their failures; both are `RowClipDecoder`s, so that training from videos and from
-shards is the same computation.
+`clip_views` is the computation (TSN sampling + transforms, pure numpy; `fetch(indices)` supplies the frames);
+`eval_clip` is its single centre view, what `eco predict` and batch inference feed the model. The row decoders
+turn a decode batch of manifest rows into clips and return the rows that failed: `VideoClipDecoder` decodes
+videos in the process's killable decode child (pipeline.data.isolation), `ShardClipDecoder` reads JPEG frames
+from frame shards (pipeline.data.shards). They differ only in how they fetch frames and name their failures, so
+that training from videos and from shards is the same computation. The stage that calls them
+(pipeline.data.pipeline) records the failures.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from pipeline.data import sampling, transforms
+from pipeline.data.shards import ShardError, ShardReader
+
+log = logging.getLogger(__name__)
+
+# Manifest columns the video decoder reads; "backend" (the probe's choice) and "epoch" when the batch has them.
+VIDEO_COLUMNS = ("video_id", "path", "label", "num_frames", "width", "height")
+SHARD_COLUMNS = ("path", "video_id", "label", "num_frames", "batch_index")
 
 
 def clip_views(fetch: Callable[[np.ndarray], np.ndarray], video_id: str, num_frames: int, *, train: bool,
@@ -39,6 +51,25 @@ def clip_views(fetch: Callable[[np.ndarray], np.ndarray], video_id: str, num_fra
         views = transforms.eval_transform(frames, short_side=short_side, crop_size=crop_size, crops=crops)
         for k in range(crops):
             yield c * crops + k, np.ascontiguousarray(views[k])
+
+
+def eval_clip(fetch: Callable[[np.ndarray], np.ndarray], num_frames: int, *, num_segments: int, short_side: int,
+              crop_size: int) -> np.ndarray:
+    """The single evaluation view of a video (segment centres, centre crop): uint8 (T, crop, crop, 3).
+
+    Exactly clip_views(train=False, num_clips=1, crops=1)'s clip; `fetch(indices)` returns uint8 (T, H, W, 3).
+    """
+    (_, clip), = clip_views(fetch, "", num_frames, train=False, num_segments=num_segments, seed=0, epoch=0,
+                            short_side=short_side, crop_size=crop_size, multiscale=False, flip=False,
+                            shuffle_frames=False)
+    return clip
+
+
+def centre_view(frames: np.ndarray, *, short_side: int, crop_size: int) -> np.ndarray:
+    """uint8 frames (T, H, W, 3) -> the evaluation transform's centre crop (T, crop, crop, 3) (online inference,
+    which transforms frame by frame as they arrive)."""
+    views = transforms.eval_transform(frames, short_side=short_side, crop_size=crop_size, crops=1)
+    return np.ascontiguousarray(views[0])
 
 
 def clips_batch(rows: Iterable[dict[str, Any]],
@@ -70,10 +101,10 @@ def clips_batch(rows: Iterable[dict[str, Any]],
 
 
 class RowClipDecoder:
-    """A decode batch of manifest rows -> clips: what the video decoder (pipeline.data.pipeline) and the frame-shard
-    decoder (pipeline.data.shards) share. Subclasses name the columns they read (`columns`), fetch a row's frames
-    (`_fetch(row, indices)` -> uint8 (T, H, W, 3)), describe a failure (`_describe(row, error)` -> (reason,
-    detail)) and record failures (`_record(failures)`).
+    """A decode batch of manifest rows -> (clips, failure records): what the video and the frame-shard decoders
+    share. Subclasses name the columns they read (`columns`), fetch a row's frames (`_fetch(row, indices)` -> uint8
+    (T, H, W, 3)) and describe a failure (`_describe(row, error)` -> (reason, detail)). Failures are returned, not
+    recorded: the caller (the pipeline's decode stage) owns the run state they go to.
 
     A row's "epoch" column (stamped by the pipeline's source when an epoch's execution starts) selects its TSN
     offsets; `epoch` is the fallback for rows without one (direct use, as in tests).
@@ -91,13 +122,11 @@ class RowClipDecoder:
         self.seed, self.num_clips, self.crops = seed, num_clips, crops
         self.epoch = int(epoch)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+        """(output batch, failure records: path, video_id, reason, detail, epoch) of a decode batch."""
         names = [*self.columns, *(c for c in self.optional_columns if c in batch)]
         rows = ({k: batch[k][i] for k in names} for i in range(len(batch["path"])))
-        out, failures = clips_batch(rows, self._clips, self._failure, num_segments=self.T, crop_size=self.crop_size)
-        if failures:
-            self._record(failures)
-        return out
+        return clips_batch(rows, self._clips, self._failure, num_segments=self.T, crop_size=self.crop_size)
 
     def _epoch(self, row: dict[str, Any]) -> int:
         return int(row["epoch"]) if "epoch" in row else self.epoch
@@ -120,5 +149,72 @@ class RowClipDecoder:
     def _describe(self, row: dict[str, Any], error: Exception) -> tuple[str, str]:
         raise NotImplementedError
 
-    def _record(self, failures: list[dict[str, Any]]) -> None:
-        raise NotImplementedError
+
+class VideoClipDecoder(RowClipDecoder):
+    """Video-manifest rows -> clips, decoding in this process's shared `IsolatedDecoder`
+    (pipeline.data.isolation.shared_decoder): decord in a child process that is killed on a timeout or dies alone
+    on a native crash, so one bad file costs one clip, not the job; the child lives as long as the Ray worker
+    process, across tasks and epochs. Failures carry the decoder's reason code (pipeline.data.decode.REASONS).
+    """
+
+    columns = VIDEO_COLUMNS
+    # The probe's backend (manifests written before it existed have none: "auto").
+    optional_columns = ("epoch", "backend")
+
+    def __init__(self, *, num_threads: int, timeout_s: float, max_clips_per_process: int,
+                 decode_fn: Callable | None = None, backend: str = "auto", **clip_kwargs):
+        from pipeline.data.isolation import shared_decoder
+
+        super().__init__(**clip_kwargs)
+        self.num_threads = num_threads
+        self.backend = backend  # data.decoder: "auto" follows each row's probed backend
+        self.decoder = shared_decoder(timeout_s=timeout_s, max_clips_per_process=max_clips_per_process,
+                                      decode_fn=decode_fn)
+
+    def _fetch(self, row: dict[str, Any], indices: np.ndarray) -> np.ndarray:
+        # num_frames (probed) clamps indices to frames that really decode; size saves a header read.
+        return self.decoder.decode(str(row["path"]), indices, short_side=self.short_side,
+                                   num_threads=self.num_threads, num_frames=int(row["num_frames"]),
+                                   size=(int(row["width"]), int(row["height"])), backend=self._backend(row))
+
+    def _backend(self, row: dict[str, Any]) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return str(row.get("backend") or "auto")
+
+    def _describe(self, row: dict[str, Any], error: Exception) -> tuple[str, str]:
+        from pipeline.data.decode import DecodeError
+
+        if isinstance(error, DecodeError):
+            return error.reason, str(getattr(error, "detail", "") or error)
+        log.error("decoding %s failed unexpectedly", row["path"], exc_info=error)
+        return "decode_error", f"{type(error).__name__}: {error}"
+
+
+class ShardClipDecoder(RowClipDecoder):
+    """Shard-manifest rows -> clips: the frame-shard twin of `VideoClipDecoder`, with the same constructor keywords
+    (so the pipeline picks either class from `data.format`) and the same rows, sampling and transforms.
+
+    `num_frames` is the shard manifest's KEPT frame count, so sampling spans the same time as in the video. The
+    decord-specific keywords (num_threads, timeout_s, max_clips_per_process, decode_fn) are accepted and unused:
+    JPEG decoding does not hang in native code, so no child process is needed. A row whose shard cannot be read
+    fails with reason "shard_error".
+    """
+
+    columns = SHARD_COLUMNS
+
+    def __init__(self, *, jpeg_backend: str = "torchvision", shard_root: str | None = None,
+                 num_threads: int = 1, timeout_s: float | None = None, max_clips_per_process: int | None = None,
+                 decode_fn: Callable | None = None, **clip_kwargs):
+        super().__init__(**clip_kwargs)
+        self.reader = ShardReader(shard_root, backend=jpeg_backend)
+
+    def _fetch(self, row: dict[str, Any], indices: np.ndarray) -> np.ndarray:
+        return self.reader.decode(str(row["path"]), int(row["batch_index"]), indices,
+                                  video_id=str(row["video_id"]))
+
+    def _describe(self, row: dict[str, Any], error: Exception) -> tuple[str, str]:
+        if isinstance(error, ShardError):
+            return "shard_error", str(error)
+        log.error("reading %s from %s failed unexpectedly", row["video_id"], row["path"], exc_info=error)
+        return "decode_error", f"{type(error).__name__}: {error}"

@@ -27,27 +27,23 @@ What goes wrong with decord 0.6.0 on real-world video, and what this module does
   (`VideoInfo.backend`, the manifest's `backend` column), so training decodes each file the way the probe did.
 - Multi-stream files: decord decodes FFmpeg's "best" video stream; `probe` reports that stream's facts.
 - `get_batch` can hang forever in native code (dmlc/decord#269, #373, #375) or crash the process, and memory
-  grows over many readers: `IsolatedDecoder` runs decoding in a persistent child process that is killed on a
-  timeout or replaced after a crash, and recycled every `max_clips_per_process` clips.
+  grows over many readers: callers decode through pipeline.data.isolation (a killable, recycled child process).
 Paths may be URIs (s3://, gs://, file://, ...): the bytes are read through pyarrow.fs and decord gets a file-like
 object (decord copies it into memory; fine for clips, which are a few MB).
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import itertools
 import logging
-import multiprocessing
-import multiprocessing.spawn
 import os
-import threading
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
+
+from pipeline import storage
 
 # Import order matters: decord loads its bundled FFmpeg/libvpx with RTLD_GLOBAL, after which PyAV's libavcodec
 # binds to decord's older libvpx and cannot open the VP9 encoder ("avcodec_open2 returned 22"). Loading PyAV
@@ -122,12 +118,6 @@ class VideoInfo:
 # Opening: path checks, URIs, classified errors
 # --------------------------------------------------------------------------------------------------------------
 
-def is_uri(path: str) -> bool:
-    """True for scheme://... paths (s3://, gs://, file://, hdfs://); False for plain local paths."""
-    scheme, sep, _ = str(path).partition("://")
-    return bool(sep) and len(scheme) > 1 and scheme.replace("+", "").isalnum()
-
-
 def _looks_like_text(head: bytes) -> bool:
     try:
         text = head.decode("utf-8")
@@ -158,11 +148,11 @@ def _read_source(path: str) -> tuple[str | bytes, bytes]:
     Raises DecodeError missing / is_directory / empty_file / not_a_video (text) with the path.
     """
     path = str(path)
-    if is_uri(path):
+    if storage.is_uri(path):
         import pyarrow.fs as pafs
 
         try:
-            fs, inner = pafs.FileSystem.from_uri(path)
+            fs, inner = storage.resolve(path)
             info = fs.get_file_info(inner)
         except (OSError, ValueError) as e:
             raise DecodeError(path, "missing", f"cannot reach it through pyarrow.fs: {e}") from e
@@ -234,10 +224,11 @@ def _open(path: str, source: str | bytes, head: bytes, *, num_threads: int, widt
         if cause:  # decord's own message ("cannot find video stream with wanted index: -1") hides this
             raise DecodeError(path, "decode_error", f"{cause} (decode it with the PyAV backend: data.decoder "
                                                     f"auto or pyav)") from e
-        raise DecodeError(path, "decode_error", f"decord cannot open it: {_short(e)}") from e
+        raise DecodeError(path, "decode_error", f"decord cannot open it: {short_error(e)}") from e
 
 
-def _short(e: BaseException) -> str:
+def short_error(e: BaseException) -> str:
+    """`Type: last line of the message`, at most 300 characters: a failure detail that fits a log line."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[-1] if text else ''}"[:300]
 
@@ -385,7 +376,7 @@ def _probe_decord(path: str, source, head: bytes, info: dict[str, Any], *, exact
         try:
             num_frames, yielded = _count_presentable(_iter_sequential(make_reader, mid_gop))
         except Exception as e:  # DECORDError mid-stream: a damaged file
-            raise DecodeError(path, "decode_error", f"decoding failed: {_short(e)}") from e
+            raise DecodeError(path, "decode_error", f"decoding failed: {short_error(e)}") from e
         if yielded > num_frames:
             # A trailing run of identical frames: decord's padding of an over-reported end, or real content (a
             # still, a fade to black, a static screen: a fully static video would count 1 frame). FFmpeg through
@@ -394,7 +385,7 @@ def _probe_decord(path: str, source, head: bytes, info: dict[str, Any], *, exact
                 presentable = sum(1 for _ in iter_frames(_av_input(source), size=_COUNT_SIZE,
                                                          num_threads=num_threads))
             except (ValueError, RuntimeError) as e:
-                log.debug("%s: PyAV cannot count the frames (%s); keeping %d", path, _short(e), num_frames)
+                log.debug("%s: PyAV cannot count the frames (%s); keeping %d", path, short_error(e), num_frames)
             else:
                 num_frames = max(num_frames, min(yielded, presentable))
         if num_frames != reported:
@@ -422,7 +413,7 @@ def _probe_pyav(path: str, source, info: dict[str, Any], *, exact: bool, num_thr
             # Every presentable frame, converted at 64x64 (counting costs the codec, not the conversion).
             num_frames = sum(1 for _ in iter_frames(_av_input(source), size=_COUNT_SIZE, num_threads=num_threads))
         except (ValueError, RuntimeError) as e:
-            raise DecodeError(path, "decode_error", f"PyAV decoding failed: {_short(e)}") from e
+            raise DecodeError(path, "decode_error", f"PyAV decoding failed: {short_error(e)}") from e
     else:
         num_frames = reported
     if num_frames < 1:
@@ -517,7 +508,7 @@ def _decode_pyav(path: str, source, head: bytes, idx: np.ndarray, *, short_side:
                 break
     except (ValueError, RuntimeError) as e:
         _stream_info(path, source, head)  # classify a container FFmpeg cannot read (truncated, not_a_video, ...)
-        raise DecodeError(path, "decode_error", f"PyAV decoding frames up to {last_wanted} failed: {_short(e)}") from e
+        raise DecodeError(path, "decode_error", f"PyAV decoding frames up to {last_wanted} failed: {short_error(e)}") from e
     finally:
         frames.close()
     if last is None:
@@ -557,7 +548,7 @@ def _decode_pyav_random_access(path: str, source, idx: np.ndarray, *, num_frames
         got = frames_at(_av_input(source), wanted, keys, stream_size=stream_size, size=out_size,
                         num_threads=num_threads)
     except (ValueError, RuntimeError) as e:
-        log.debug("%s: PyAV random access failed (%s); reading sequentially", path, _short(e))
+        log.debug("%s: PyAV random access failed (%s); reading sequentially", path, short_error(e))
         return None
     if len(got) != len(set(wanted)):
         log.debug("%s: PyAV random access missed %d frames; reading sequentially", path, len(set(wanted)) - len(got))
@@ -602,12 +593,12 @@ def _decode_decord(path: str, source, head: bytes, idx: np.ndarray, *, short_sid
     except Exception as e:
         if num_threads > 1 and "Error sending packet" in str(e):
             # dmlc/decord#246: decord's threaded decoder rejects some VP9 packets with EAGAIN; one thread works.
-            log.debug("%s: threaded decode failed (%s); retrying with one thread", path, _short(e))
+            log.debug("%s: threaded decode failed (%s); retrying with one thread", path, short_error(e))
             return _decode_decord(path, source, head, idx, short_side=short_side, num_threads=1,
                                   num_frames=num_frames, size=size)
         if "DECORDArrayCopyFromTo" in str(e) or isinstance(e, ValueError):
-            raise DecodeError(path, "too_small", f"decord returned corrupt frames for {dec_w}x{out_h}: {_short(e)}") from e
-        raise DecodeError(path, "decode_error", f"decoding frames {idx.min()}..{idx.max()} failed: {_short(e)}") from e
+            raise DecodeError(path, "too_small", f"decord returned corrupt frames for {dec_w}x{out_h}: {short_error(e)}") from e
+        raise DecodeError(path, "decode_error", f"decoding frames {idx.min()}..{idx.max()} failed: {short_error(e)}") from e
     if frames.shape != (len(idx), out_h, dec_w, 3):
         raise DecodeError(path, "too_small" if min(out_w, out_h) < MIN_SIDE else "decode_error",
                           f"decord returned frames of shape {frames.shape[1:]}, expected {(out_h, dec_w, 3)}")
@@ -695,7 +686,7 @@ def decode_stream_chunk(path: str, start: int, count: int, *, short_side: int | 
             out.append(frame)
     except Exception as e:  # noqa: BLE001 - decord fails mid-stream on corrupt packets
         _STREAM.clear()
-        raise DecodeError(path, "decode_error", f"decoding frames from {start} failed: {_short(e)}") from e
+        raise DecodeError(path, "decode_error", f"decoding frames from {start} failed: {short_error(e)}") from e
     _STREAM["next"] = start + len(out)
     out_h, out_w = _STREAM["shape"]
     if not out:
@@ -750,312 +741,3 @@ def _decode_sequential(source, idx: np.ndarray, num_threads: int, reader_size: d
     if last is None:
         raise RuntimeError("no frame decodes sequentially")
     return np.stack([kept.get(int(i), last) for i in idx])
-
-
-# --------------------------------------------------------------------------------------------------------------
-# IsolatedDecoder: decoding in a killable child process
-# --------------------------------------------------------------------------------------------------------------
-
-# The decode child's kernel process name (/proc/PID/comm; what `ps -o comm` and `top` show): operators (and
-# `eco bench pipeline`, which measures their memory) can find the decode processes of a node by it.
-CHILD_PROCESS_NAME = "eco-decode"
-
-
-def _name_process(name: str) -> None:
-    try:
-        with open("/proc/self/comm", "w") as f:  # Linux; elsewhere the name stays "python"
-            f.write(name[:15])
-    except OSError:
-        pass
-
-
-def _serve(conn) -> None:
-    """Child process loop: receive (fn, args, kwargs), send ("ok", result) or ("error", DecodeError)."""
-    _name_process(CHILD_PROCESS_NAME)
-    conn.send(("ready", os.getpid()))
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
-        if message is None:
-            return
-        fn, args, kwargs = message
-        try:
-            reply = ("ok", fn(*args, **kwargs))
-        except DecodeError as e:
-            reply = ("error", e)
-        except Exception as e:  # anything else is reported as a decode failure of this file, not a child crash
-            reply = ("error", DecodeError(str(args[0]) if args else "?", "decode_error", _short(e)))
-        conn.send(reply)
-
-
-_START_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _without_parent_main():
-    """Start spawn/forkserver children without re-running the parent's __main__ module in them.
-
-    multiprocessing makes a spawned child import the parent's main script (as __mp_main__) so that functions
-    defined there can be unpickled. In a Ray worker that script is Ray's default_worker.py: the child would import
-    all of Ray, costing a second of start-up and ~500 MB of resident memory per decode process. Everything the
-    child runs here is importable (pipeline.data.decode._serve and module-level decode functions), so the main
-    module is not needed.
-    """
-    original = multiprocessing.spawn.get_preparation_data
-
-    def preparation_data(name):
-        data = original(name)
-        data.pop("init_main_from_path", None)
-        data.pop("init_main_from_name", None)
-        return data
-
-    multiprocessing.spawn.get_preparation_data = preparation_data
-    try:
-        yield
-    finally:
-        multiprocessing.spawn.get_preparation_data = original
-
-
-class IsolatedDecoder:
-    """Decode and probe in a persistent child process that can be killed.
-
-    A call that takes longer than `timeout_s` kills the child and raises DecodeError(reason="timeout"); a child
-    that dies (segfault, os._exit, OOM kill) raises DecodeError(reason="crashed"); the next call starts a fresh
-    child transparently. The child is replaced every `max_clips_per_process` calls to bound decord's memory growth.
-    `decode_fn` / `probe_fn` replace decode_frames / probe in the child (module-level functions, pickled by
-    reference: tests inject hanging or crashing ones, see tests/faults.py).
-    The child is started with `start_method` ("spawn" or "forkserver"): forking a process that runs Ray or torch
-    threads is unsafe. One call at a time (calls are serialised by a lock). With `idle_timeout_s`, a child that
-    has had no call for that long is stopped (by a timer thread) and the next call starts a new one: a process
-    that keeps a decoder between bursts of work (see `shared_decoder`) does not hold an idle child forever.
-    """
-
-    def __init__(
-        self,
-        timeout_s: float = 60.0,
-        max_clips_per_process: int = 2000,
-        decode_fn: Callable[..., np.ndarray] | None = None,
-        probe_fn: Callable[..., VideoInfo] | None = None,
-        *,
-        start_method: str = "spawn",
-        start_timeout_s: float = 120.0,
-        idle_timeout_s: float | None = None,
-    ) -> None:
-        if timeout_s <= 0 or max_clips_per_process < 1:
-            raise ValueError(f"need timeout_s > 0 and max_clips_per_process >= 1, got {timeout_s}, "
-                             f"{max_clips_per_process}")
-        if idle_timeout_s is not None and idle_timeout_s <= 0:
-            raise ValueError(f"idle_timeout_s must be > 0 or None, got {idle_timeout_s}")
-        if start_method not in ("spawn", "forkserver"):
-            raise ValueError(f"start_method must be 'spawn' or 'forkserver' (fork is unsafe), got {start_method!r}")
-        self.timeout_s = float(timeout_s)
-        self.max_clips_per_process = int(max_clips_per_process)
-        self.decode_fn = decode_fn or decode_frames
-        self.probe_fn = probe_fn or probe
-        self.start_timeout_s = float(start_timeout_s)
-        self.idle_timeout_s = None if idle_timeout_s is None else float(idle_timeout_s)
-        # One watcher thread per decoder while a child runs (not a timer per call: calls are per clip).
-        self._idle_watcher: threading.Thread | None = None
-        self._closed = threading.Event()
-        self._last_call = time.monotonic()
-        self._context = multiprocessing.get_context(start_method)
-        self._lock = threading.Lock()
-        self._process = None
-        self._conn = None
-        self._calls_in_process = 0
-        self.processes_started = 0
-
-    # -- public -----------------------------------------------------------------------------------------------
-    def decode(self, path: str, indices, **kwargs) -> np.ndarray:
-        """decode_frames(path, indices, **kwargs) in the child; same result, same DecodeError reasons + timeout/crashed."""
-        return self._call(path, self.decode_fn, (str(path), np.asarray(indices, dtype=np.int64)), kwargs)
-
-    def probe(self, path: str, **kwargs) -> VideoInfo:
-        """probe(path, **kwargs) in the child."""
-        return self._call(path, self.probe_fn, (str(path),), kwargs)
-
-    def stream_chunk(self, path: str, start: int, count: int, **kwargs) -> np.ndarray:
-        """decode_stream_chunk(path, start, count, **kwargs) in the child (which keeps the stream open)."""
-        return self._call(path, decode_stream_chunk, (str(path), int(start), int(count)), kwargs)
-
-    @property
-    def pid(self) -> int | None:
-        """The child's process id (None before the first call or after close)."""
-        return self._process.pid if self._process is not None else None
-
-    def close(self) -> None:
-        """Stop the child (politely, then by force)."""
-        with self._lock:
-            self._closed.set()  # wakes the idle watcher, which then finds no child and exits
-            self._stop()
-
-    def __enter__(self) -> "IsolatedDecoder":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self._stop()
-        except Exception:
-            pass
-
-    def __getstate__(self):
-        raise TypeError("IsolatedDecoder owns a process; create one per worker instead of pickling it")
-
-    # -- internals --------------------------------------------------------------------------------------------
-    def _call(self, path: str, fn: Callable, args: tuple, kwargs: dict):
-        with self._lock:
-            if self._process is None or not self._process.is_alive():
-                self._stop()
-                self._start()
-            try:
-                self._conn.send((fn, args, kwargs))
-            except (BrokenPipeError, OSError) as e:
-                code = self._kill()
-                raise DecodeError(path, "crashed", f"decode process gone before the call (exit code {code})") from e
-            if not self._conn.poll(self.timeout_s):
-                self._kill()
-                raise DecodeError(path, "timeout", f"no result within {self.timeout_s:g}s; decode process killed")
-            try:
-                status, payload = self._conn.recv()
-            except (EOFError, OSError) as e:
-                code = self._kill()
-                raise DecodeError(path, "crashed", f"decode process died (exit code {code})") from e
-            self._calls_in_process += 1
-            if self._calls_in_process >= self.max_clips_per_process:
-                self._stop()
-            self._last_call = time.monotonic()
-            self._watch_idle()
-        if status == "error":
-            raise payload
-        return payload
-
-    def _watch_idle(self) -> None:
-        """Start the idle watcher if a child runs and none watches it (called with the lock held)."""
-        if self.idle_timeout_s is None or self._process is None:
-            return
-        if self._idle_watcher is None or not self._idle_watcher.is_alive():
-            self._idle_watcher = threading.Thread(target=self._stop_when_idle, name="eco-decode-idle", daemon=True)
-            self._idle_watcher.start()
-
-    def _stop_when_idle(self) -> None:
-        # Re-checks under the lock after every wake-up: a close() wakes it (no child: exit), and a child started
-        # again right after a close() is watched by this same thread.
-        while True:
-            with self._lock:
-                self._closed.clear()
-                if self._process is None:
-                    return
-                remaining = self._last_call + self.idle_timeout_s - time.monotonic()
-                if remaining <= 0:
-                    log.debug("decode process %d idle for %.0fs: stopping it", self._process.pid, self.idle_timeout_s)
-                    self._stop()
-                    return
-            self._closed.wait(remaining)
-
-    def _start(self) -> None:
-        parent, child = self._context.Pipe(duplex=True)
-        process = self._context.Process(target=_serve, args=(child,), name="eco-decode", daemon=True)
-        with _START_LOCK, _without_parent_main():
-            process.start()
-        child.close()
-        if not parent.poll(self.start_timeout_s):
-            process.kill()
-            process.join()
-            raise RuntimeError(f"decode process did not start within {self.start_timeout_s:g}s")
-        try:
-            parent.recv()
-        except (EOFError, OSError) as e:
-            process.join()
-            raise RuntimeError(f"decode process exited while starting (exit code {process.exitcode})") from e
-        self._process, self._conn = process, parent
-        self._calls_in_process = 0
-        self.processes_started += 1
-        log.debug("decode process %d started", process.pid)
-
-    def _kill(self) -> int | None:
-        process, self._process = self._process, None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        if process is None:
-            return None
-        if process.is_alive():
-            process.kill()
-        process.join()
-        return process.exitcode
-
-    def _stop(self) -> None:
-        process = self._process
-        if process is not None and process.is_alive() and self._conn is not None:
-            try:
-                self._conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-            process.join(timeout=5)
-        self._kill()
-
-
-# How long a process-shared decoder keeps an idle child. Longer than the gap between two training epochs
-# (validation, checkpoint) on most runs, so a training job decodes every epoch with the children it already has.
-SHARED_IDLE_TIMEOUT_S = 600.0
-_SHARED: dict[tuple, IsolatedDecoder] = {}
-_SHARED_LOCK = threading.Lock()
-_SHARED_MAX = 2
-
-
-def shared_decoder(*, timeout_s: float, max_clips_per_process: int, decode_fn: Callable | None = None,
-                   idle_timeout_s: float = SHARED_IDLE_TIMEOUT_S) -> IsolatedDecoder:
-    """This process's IsolatedDecoder for these settings, created on first use and kept for the process's life.
-
-    Why: Ray Data runs the decode stage as tasks on Ray's reusable worker processes (pipeline.data.pipeline), so
-    a decoder kept here outlives the task, the epoch and the dataset execution: the child starts once per worker
-    process, not once per epoch. An idle child is
-    stopped after `idle_timeout_s`; at most _SHARED_MAX settings are kept (the oldest is closed), so a process
-    never holds more than two children.
-    """
-    key = (float(timeout_s), int(max_clips_per_process), decode_fn)
-    with _SHARED_LOCK:
-        decoder = _SHARED.get(key)
-        if decoder is None:
-            while len(_SHARED) >= _SHARED_MAX:
-                _SHARED.pop(next(iter(_SHARED))).close()
-            decoder = _SHARED[key] = IsolatedDecoder(timeout_s=timeout_s, max_clips_per_process=max_clips_per_process,
-                                                     decode_fn=decode_fn, idle_timeout_s=idle_timeout_s)
-        return decoder
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Baselines for `eco bench decode` (kept here: this is the only decord importer)
-# --------------------------------------------------------------------------------------------------------------
-
-def naive_get_batch(path: str, indices) -> np.ndarray:
-    """What common data loaders do: decord.VideoReader(path) with default settings (automatic thread count), then
-    get_batch at full resolution. None of this module's defences; for benchmarks only."""
-    reader = decord.VideoReader(str(path))
-    return reader.get_batch([int(i) for i in indices]).asnumpy()
-
-
-def decode_all(path: str, *, num_threads: int = 1, short_side: int | None = None,
-               size: tuple[int, int] | None = None) -> int:
-    """Decode every frame of `path` sequentially (benchmark floor: the cost of the whole file); returns the count."""
-    source, head = _read_source(str(path))
-    if short_side:
-        if size is None:
-            info = _stream_info(str(path), source, head)
-            size = (info["width"], info["height"])
-        out_h, out_w = scaled_size(int(size[1]), int(size[0]), short_side)
-        reader = _reader(source, num_threads=num_threads, width=out_w, height=out_h)
-    else:
-        reader = _reader(source, num_threads=num_threads)
-    count = 0
-    try:
-        while True:
-            reader.next()
-            count += 1
-    except StopIteration:
-        return count

@@ -8,12 +8,13 @@
            resources=data.decode_resources), each decoding a run of blocks into clips, one output block per batch
         -> [eval: rows in manifest order (preserve_order)]
 
-The decoding runs in Ray tasks whose worker processes keep their decoder between tasks and epochs: a shared
-`IsolatedDecoder` (pipeline.data.decode.shared_decoder) in which decord runs in a child process that is killed
-on a timeout or dies alone on a native crash, so one bad file costs one clip, not the job. (An actor pool would be
-restarted by Ray Data at every epoch, and every actor would start a new decode child: seconds per epoch in which
-the trainers wait.) Failed rows are dropped from the stream and recorded (path, reason, detail, epoch) in the
-`DataRunState` actor.
+The decoding runs in Ray tasks whose worker processes keep their row decoder (pipeline.data.clips) between tasks
+and epochs: for videos a shared `IsolatedDecoder` (pipeline.data.isolation.shared_decoder) in which decord runs in
+a child process that is killed on a timeout or dies alone on a native crash, so one bad file costs one clip, not
+the job. (An actor pool would be restarted by Ray Data at every epoch, and every actor would start a new decode
+child: seconds per epoch in which the trainers wait.) The decoders return the rows that failed; this stage drops
+them from the stream and records them (path, reason, detail, epoch) in the `DataRunState` actor
+(pipeline.data.run_state).
 
 Output rows: "clip" uint8 (T, crop, crop, 3) RGB, "label" int64, "video_id" str, "clip_index" int64 (0 for
 training; `clip * crops + crop` for evaluation). Conversion to float and normalisation happen on the trainer's
@@ -51,159 +52,22 @@ from ray.data.block import BlockMetadata
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.data.datasource import Datasource, ReadTask
 
+from pipeline import raystart, storage
 from pipeline.config import Config
 from pipeline.data import manifest as manifest_lib
-from pipeline.data.clips import RowClipDecoder
+from pipeline.data.clips import SHARD_COLUMNS, VIDEO_COLUMNS, ShardClipDecoder, VideoClipDecoder
+from pipeline.data.run_state import RUN_STATE_NAME, create_run_state, record_failures
 
 log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ("clip", "label")
 OUTPUT_COLUMNS = ("clip", "label", "video_id", "clip_index")
-RUN_STATE_NAME = "eco-data-run-state"
-# Manifest columns the decode stage reads.
-_DECODE_COLUMNS = ("video_id", "path", "label", "num_frames", "width", "height")
 # A video manifest also names the decode backend its probe chose (pipeline.data.manifest.OPTIONAL_COLUMNS).
-_VIDEO_COLUMNS = (*_DECODE_COLUMNS, "backend")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Run state: the epoch for TSN offsets and the record of failed rows
-
-
-@ray.remote(num_cpus=0, max_concurrency=8)
-class DataRunState:
-    """Epoch counter and failure log shared by the trainer (rank 0 sets the epoch) and the data pipeline.
-
-    Why the epoch is read when an execution starts: every pass over a dataset (every epoch) is a new execution,
-    and its source (`_ClipSource.get_read_tasks`) runs once, when the executor starts. With
-    `streaming_split`/`get_dataset_shard`, SplitCoordinator.start_epoch() is a barrier: the executor of the next
-    epoch is created only after ALL n consumers asked for it (ray/data/_internal/iterator/
-    stream_split_iterator.py, `_barrier` -> `_try_start_new_epoch`). Rank 0 calls `ray.get(set_epoch.remote(e))`
-    before it starts iterating epoch e, so the execution of epoch e reads e, shuffles with it and stamps it on
-    every row; rows of epoch e-1 still being decoded for a slower rank keep the e-1 stamped on them.
-    """
-
-    def __init__(self):
-        self._epoch = 0
-        self._failures: list[dict[str, Any]] = []
-        self._trained: tuple[int, Any] | None = None
-        self._attempts: list[dict[str, Any]] = []
-        self._furthest_step: int | None = None
-
-    def set_epoch(self, epoch: int, trained: Any = None) -> None:
-        """Start epoch `epoch`; `trained` (a pipeline.training.elastic.pack_rows bitmap, or None) marks the
-        training rows a resumed epoch has already trained on: its execution leaves them out."""
-        self._epoch = int(epoch)
-        self._trained = (int(epoch), trained) if trained is not None else None
-
-    def get_epoch(self) -> int:
-        return self._epoch
-
-    def get_trained(self, epoch: int) -> Any:
-        return self._trained[1] if self._trained is not None and self._trained[0] == epoch else None
-
-    # The worker groups of this launch (elastic restarts, issue 15): each records itself when it starts, and
-    # rank 0 reports the furthest optimiser step reached, so the next group can count the steps it redoes.
-    def begin_attempt(self, attempt: dict[str, Any]) -> tuple[list[dict[str, Any]], int | None]:
-        previous, furthest = list(self._attempts), self._furthest_step
-        self._attempts.append(dict(attempt))
-        return previous, furthest
-
-    def note_step(self, step: int) -> None:
-        self._furthest_step = max(int(step), self._furthest_step or 0)
-
-    def record_failures(self, failures: list[dict[str, Any]]) -> None:
-        self._failures.extend(failures)
-
-    def failures(self, epoch: int | None = None) -> list[dict[str, Any]]:
-        return [f for f in self._failures if epoch is None or f["epoch"] == epoch]
-
-    def failure_count(self, epoch: int | None = None) -> int:
-        return len(self.failures(epoch))
-
-
-def create_run_state(name: str | None = None) -> ray.actor.ActorHandle:
-    """A new DataRunState, or (with `name`) the one of that name in this Ray namespace, created if missing."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    manifest_lib.ensure_ray()
-    # On the head node (soft): the state must outlive the loss of any worker node (elastic runs on spot nodes,
-    # issue 15), and the head is the one node a cluster keeps. Ray marks it with the `node:__internal_head__`
-    # resource; the driver's own node is not enough (a driver can be attached to any node's raylet).
-    # Pinned the way Ray Train pins its own state actor (train/v2/_internal/state/state_actor.py).
-    head = "node:__internal_head__"
-    # An explicit scheduling strategy also keeps the actor out of a placement group its creator runs in (a sweep
-    # trial's Tune placement group would otherwise capture it, and its bundles have no head-node resource).
-    if any(head in n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")):
-        placement: dict[str, Any] = {"resources": {head: 0.001}, "scheduling_strategy": "DEFAULT"}
-    else:  # e.g. a cluster without a head marker: at least not on a node chosen at random
-        placement = {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
-                                                                           soft=True)}
-    if name is None:
-        return DataRunState.options(**placement).remote()
-    return DataRunState.options(name=name, get_if_exists=True, **placement).remote()
+_VIDEO_COLUMNS = (*VIDEO_COLUMNS, "backend")
 
 
 # --------------------------------------------------------------------------------------------------------------
 # The decode stage
-
-
-class _ClipDecoder(RowClipDecoder):
-    """Decode + sample + transform a batch of video-manifest rows into clips (rows that fail are dropped and
-    recorded in `run_state`).
-
-    The decoding runs in this process's shared `IsolatedDecoder` (pipeline.data.decode.shared_decoder): decord
-    in a child process that is killed on a timeout or dies alone on a native crash, so one bad file costs one
-    clip, not the job; the child lives as long as the Ray worker process, across tasks and epochs.
-    """
-
-    columns = _DECODE_COLUMNS
-    # The probe's backend (manifests written before it existed have none: "auto").
-    optional_columns = ("epoch", "backend")
-
-    def __init__(self, *, num_threads: int, timeout_s: float, max_clips_per_process: int,
-                 run_state: ray.actor.ActorHandle | None = None, decode_fn: Callable | None = None,
-                 backend: str = "auto", **clip_kwargs):
-        from pipeline.data.decode import shared_decoder
-
-        super().__init__(**clip_kwargs)
-        self.num_threads, self.run_state = num_threads, run_state
-        self.backend = backend  # data.decoder: "auto" follows each row's probed backend
-        self.decoder = shared_decoder(timeout_s=timeout_s, max_clips_per_process=max_clips_per_process,
-                                      decode_fn=decode_fn)
-
-    def _fetch(self, row: dict[str, Any], indices: np.ndarray) -> np.ndarray:
-        # num_frames (probed) clamps indices to frames that really decode; size saves a header read.
-        return self.decoder.decode(str(row["path"]), indices, short_side=self.short_side,
-                                   num_threads=self.num_threads, num_frames=int(row["num_frames"]),
-                                   size=(int(row["width"]), int(row["height"])), backend=self._backend(row))
-
-    def _backend(self, row: dict[str, Any]) -> str:
-        if self.backend != "auto":
-            return self.backend
-        return str(row.get("backend") or "auto")
-
-    def _describe(self, row: dict[str, Any], error: Exception) -> tuple[str, str]:
-        from pipeline.data.decode import DecodeError
-
-        if isinstance(error, DecodeError):
-            return error.reason, str(getattr(error, "detail", "") or error)
-        log.error("decoding %s failed unexpectedly", row["path"], exc_info=error)
-        return "decode_error", f"{type(error).__name__}: {error}"
-
-    def _record(self, failures: list[dict[str, Any]]) -> None:
-        record_failures(self.run_state, failures)
-
-
-def record_failures(run_state, failures: list[dict[str, Any]]) -> None:
-    """Log dropped clips and record them in the run state (blocking, so that a consumer that finished the epoch
-    finds every failure of it recorded)."""
-    if not failures:
-        return
-    log.warning("dropped %d clips: %s", len(failures),
-                ", ".join(f"{f['video_id']} in {f['path']} ({f['reason']})" for f in failures))
-    if run_state is not None:
-        ray.get(run_state.record_failures.remote(failures))
 
 
 # Per Ray worker process: the clip decoders of the datasets this process has decoded for, by dataset. Ray reuses
@@ -223,14 +87,16 @@ def _process_decoder(key: str, decoder_cls: type, kwargs: dict[str, Any]):
     return decoder
 
 
-def _decode_blocks(blocks: list[pa.Table], key: str, decoder_cls: type, kwargs: dict[str, Any]):
-    """A read task of the clip source: decode its manifest blocks one by one, yielding each decoded batch."""
+def _decode_blocks(blocks: list[pa.Table], key: str, decoder_cls: type, kwargs: dict[str, Any], run_state):
+    """A read task of the clip source: decode its manifest blocks one by one, yielding each decoded batch; the
+    rows that failed are dropped and recorded in `run_state`."""
     from ray.data.block import BlockAccessor
 
     decoder = _process_decoder(key, decoder_cls, kwargs)
     for block in blocks:
         batch = {name: block.column(name).to_numpy(zero_copy_only=False) for name in block.column_names}
-        out = decoder(batch)
+        out, failures = decoder(batch)
+        record_failures(run_state, failures)
         if len(out["label"]):
             yield BlockAccessor.batch_to_block(out)
 
@@ -310,7 +176,7 @@ class _ClipSource(Datasource):
             meta = BlockMetadata(num_rows=None, size_bytes=rows * self._clips_per_row * self._clip_bytes,
                                  input_files=None, exec_stats=None)
             tasks.append(ReadTask(functools.partial(_decode_blocks, group, self._key, self._decoder_cls,
-                                                    self._decoder_kwargs), meta,
+                                                    self._decoder_kwargs, self._run_state), meta,
                                   per_task_row_limit=per_task_row_limit))
         return tasks
 
@@ -323,7 +189,7 @@ def _split_rows(manifest: str | os.PathLike | pa.Table, split: str, data_format:
     """The manifest rows of `split`, decode columns only (validated here: missing columns, wrong types, an empty
     split or a video manifest given as shards fail on the driver with the file named)."""
     # A shard manifest is a video manifest whose `path` names a shard file, plus the video's record batch.
-    columns = [*_DECODE_COLUMNS, "batch_index"] if data_format == "shards" else list(_VIDEO_COLUMNS)
+    columns = list(SHARD_COLUMNS) if data_format == "shards" else list(_VIDEO_COLUMNS)
     if isinstance(manifest, pa.Table):
         manifest_lib.check_manifest_schema(manifest.schema, "manifest table")
         _check_format(manifest.schema, data_format, "manifest table")
@@ -360,12 +226,12 @@ def _check_format(schema: pa.Schema, data_format: str, where: str) -> None:
             "with `eco prepare shards --manifest M --out DIR` and point data.manifest at DIR")
 
 
-def _decoder_kwargs(cfg: Config, run_state, *, train: bool, decode_fn) -> dict[str, Any]:
+def _decoder_kwargs(cfg: Config, *, train: bool, decode_fn) -> dict[str, Any]:
     d = cfg.data
     return dict(train=train, num_segments=cfg.model.num_segments, short_side=d.short_side, crop_size=d.crop_size,
                 multiscale=d.multiscale_crop, flip=d.horizontal_flip, shuffle_frames=d.shuffle_frames,
                 seed=cfg.train.seed, num_threads=d.decode_threads, timeout_s=d.decode_timeout_s,
-                max_clips_per_process=d.decode_max_clips_per_process, run_state=run_state, decode_fn=decode_fn,
+                max_clips_per_process=d.decode_max_clips_per_process, decode_fn=decode_fn,
                 **({"backend": d.decoder} if d.format == "video" else {}))
 
 
@@ -381,12 +247,8 @@ _MAX_BLOCKS_PER_TASK = 16
 
 def _dataset(cfg: Config, rows: pa.Table, kwargs: dict[str, Any], *, run_state, shuffle: bool) -> ray.data.Dataset:
     d = cfg.data
-    if d.format == "shards":
-        from pipeline.data.shards import ShardClipDecoder
-
-        decoder_cls = ShardClipDecoder  # same constructor keywords and output rows as _ClipDecoder
-    else:
-        decoder_cls = _ClipDecoder
+    # Same constructor keywords and output rows for both.
+    decoder_cls = ShardClipDecoder if d.format == "shards" else VideoClipDecoder
     clip_bytes = cfg.model.num_segments * d.crop_size * d.crop_size * 3
     source = _ClipSource(rows, rows_per_block=d.decode_batch_size,
                          blocks_per_task=_blocks_per_task(-(-rows.num_rows // d.decode_batch_size), d.decode_workers),
@@ -394,7 +256,7 @@ def _dataset(cfg: Config, rows: pa.Table, kwargs: dict[str, Any], *, run_state, 
                          decoder_cls=decoder_cls, decoder_kwargs=kwargs, clip_bytes=clip_bytes)
     ds = ray.data.read_datasource(source, override_num_blocks=source.num_tasks(), num_cpus=d.decode_cpus,
                                   resources=dict(d.decode_resources) or None,
-                                  runtime_env=manifest_lib.storage_runtime_env(),
+                                  runtime_env=storage.storage_runtime_env(),
                                   compute=ray.data.TaskPoolStrategy(size=d.decode_workers))
     # One output block per decode batch, sent when it is decoded: Ray Data otherwise coalesces a task's outputs
     # up to target_max_block_size (128 MiB by default, tens of training clips), which delays the first batch of
@@ -414,13 +276,13 @@ def build_train_dataset(cfg: Config, manifest: str | os.PathLike | pa.Table, *, 
     DataRunState for why that is enough with streaming_split / get_dataset_shard). Without it every epoch samples
     with epoch 0.
 
-    `decode_fn` replaces the child process's decode function (pipeline.data.decode.IsolatedDecoder), e.g. to
+    `decode_fn` replaces the child process's decode function (pipeline.data.isolation.IsolatedDecoder), e.g. to
     inject faults in tests.
     """
-    manifest_lib.ensure_ray()
+    raystart.ensure_ray()
     run_state = run_state if run_state is not None else create_run_state(RUN_STATE_NAME)
     rows = _split_rows(manifest, cfg.data.train_split, cfg.data.format)
-    return _dataset(cfg, rows, _decoder_kwargs(cfg, run_state, train=True, decode_fn=decode_fn),
+    return _dataset(cfg, rows, _decoder_kwargs(cfg, train=True, decode_fn=decode_fn),
                     run_state=run_state, shuffle=True)
 
 
@@ -433,10 +295,10 @@ def build_eval_dataset(cfg: Config, manifest: str | os.PathLike | pa.Table, spli
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
     if crops not in (1, 3):
         raise ValueError(f"crops must be 1 or 3, got {crops}")
-    manifest_lib.ensure_ray()
+    raystart.ensure_ray()
     run_state = run_state if run_state is not None else create_run_state(RUN_STATE_NAME)
     rows = _split_rows(manifest, split, cfg.data.format)
-    kwargs = _decoder_kwargs(cfg, run_state, train=False, decode_fn=decode_fn)
+    kwargs = _decoder_kwargs(cfg, train=False, decode_fn=decode_fn)
     kwargs.update(num_clips=num_clips, crops=crops)
     ds = _dataset(cfg, rows, kwargs, run_state=run_state, shuffle=False)
     # Rows leave in input (manifest) order even though tasks finish out of order.
@@ -474,3 +336,4 @@ class ClipCollate(NumpyBatchCollateFn):
         if self.keep_video_id and "video_id" in batch:
             out["video_id"] = [str(v) for v in batch["video_id"]]
         return out
+

@@ -128,9 +128,9 @@ def make_synthetic(out_dir: str | Path, *, classes: int = 4, videos_per_class: i
     Videos: out_dir/videos/<class>/<class>_<i>.mp4 (real H.264, `size` = (width, height)); manifest:
     pipeline.data.manifest.prepare with a stratified 25 % validation split (`probe_workers` is passed through).
     """
-    from pipeline.data import manifest
+    from pipeline.data import manifest, sources
 
     write_videos(out_dir, classes=classes, videos_per_class=videos_per_class, size=size, frames=frames, fps=fps,
                  seed=seed)
-    return manifest.prepare(manifest.FolderSource(Path(out_dir) / "videos"), out_dir, val_fraction=0.25, seed=seed,
+    return manifest.prepare(sources.FolderSource(Path(out_dir) / "videos"), out_dir, val_fraction=0.25, seed=seed,
                             probe_workers=probe_workers)

@@ -190,16 +190,15 @@ class _DecodeClips:
     """Decode actor: the evaluation clip of each video, or the reason it failed (a row either way)."""
 
     def __init__(self, preprocessing, timeout_s: float):
-        from pipeline.data.decode import IsolatedDecoder
+        from pipeline.data.isolation import IsolatedDecoder
 
         self.prep = preprocessing
         # Persistent killable child process: a decord hang or native crash costs one file, not the actor.
         self.decoder = IsolatedDecoder(timeout_s=timeout_s, max_clips_per_process=2000)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipeline.data.clips import eval_clip
         from pipeline.data.decode import DecodeError
-        from pipeline.data.sampling import eval_indices
-        from pipeline.inference.predictor import preprocess_frames
 
         p = self.prep
         n = len(batch["path"])
@@ -217,10 +216,10 @@ class _DecodeClips:
                 if num_frames <= 0 or not size or min(size) <= 0:
                     info = self.decoder.probe(path)
                     num_frames, size, backend = info.num_frames, (info.width, info.height), info.backend
-                indices = eval_indices(num_frames, p.num_segments)
-                frames = self.decoder.decode(path, indices, short_side=p.short_side, num_frames=num_frames,
-                                             size=size, backend=backend)
-                clips[i] = preprocess_frames(frames, p)
+                clips[i] = eval_clip(
+                    lambda indices: self.decoder.decode(path, indices, short_side=p.short_side,
+                                                        num_frames=num_frames, size=size, backend=backend),
+                    num_frames, num_segments=p.num_segments, short_side=p.short_side, crop_size=p.crop_size)
             except DecodeError as e:
                 reasons[i], details[i] = e.reason, str(getattr(e, "detail", "") or e)
         return {"path": batch["path"], "video_id": batch["video_id"], "clip": clips,

@@ -164,7 +164,7 @@ def stream_frames(path: str, *, short_side: int, chunk: int = 64,
     is bounded; the child keeps the stream open between requests (decode.decode_stream_chunk), so every frame is
     decoded once. The frame count is the container's (the stream may end a little earlier or later).
     """
-    from pipeline.data.decode import IsolatedDecoder
+    from pipeline.data.isolation import IsolatedDecoder
 
     decoder = IsolatedDecoder(timeout_s=timeout_s, max_clips_per_process=1_000_000)
     try:
@@ -196,7 +196,7 @@ def stream_frames(path: str, *, short_side: int, chunk: int = 64,
 def online_predict(path: str | Path, predictor, *, every: int = 8, memory: int | None = None,
                    top_k: int = 5) -> OnlineResult:
     """Run ECO online over one video: a prediction every `every` frames (and one at the end of the stream)."""
-    from pipeline.inference.predictor import preprocess_frames
+    from pipeline.data.clips import centre_view
 
     if every < 1:
         raise ValueError(f"--every must be >= 1, got {every}")
@@ -231,7 +231,8 @@ def online_predict(path: str | Path, predictor, *, every: int = 8, memory: int |
     start, cpu_start = time.perf_counter(), time.process_time()
     for index, frame in enumerate(frames):
         arrived = time.perf_counter()
-        mem.push(index, preprocess_frames(frame[None], prep)[0])  # (crop, crop, 3)
+        view = centre_view(frame[None], short_side=prep.short_side, crop_size=prep.crop_size)  # (1, crop, crop, 3)
+        mem.push(index, view[0])
         if mem.queued >= every:
             update(index, arrived)
     if mem.queued:  # the end of the stream: the last frames count too

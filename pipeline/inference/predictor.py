@@ -17,9 +17,9 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-log = logging.getLogger(__name__)
+from pipeline.model.weights import PROJECT_FORMAT
 
-PROJECT_FORMAT = "eco-pipeline/1"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ class Predictor:
 
         `preprocessing` and `label_names` override what the checkpoint implies (e.g. the book's 224 short side).
         """
-        from pipeline.model import eco_full, eco_lite
+        from pipeline.model import BUILDERS
         from pipeline.model.weights import load_weights, read_checkpoint
         from pipeline.training.checkpoint import model_file
 
@@ -167,8 +167,7 @@ class Predictor:
         labels = tuple(label_names) if label_names is not None else info.label_names
         if len(labels) != len(info.label_names):
             raise ValueError(f"{path}: checkpoint has {len(info.label_names)} classes, {len(labels)} names given")
-        builder = eco_full if info.variant == "full" else eco_lite
-        model = builder(num_classes=len(labels), num_segments=prep.num_segments, dropout=info.dropout)
+        model = BUILDERS[info.variant](num_classes=len(labels), num_segments=prep.num_segments, dropout=info.dropout)
         # Strict: every tensor of the model comes from the file and vice versa (mismatches are named by key).
         load_weights(model, ckpt)
         log.info("loaded %s checkpoint %s: ECO-%s, %d classes, %s", info.kind, path, info.variant.capitalize(),
@@ -179,7 +178,7 @@ class Predictor:
 
     def _decoder_or_start(self):
         if self._decoder is None:
-            from pipeline.data.decode import IsolatedDecoder
+            from pipeline.data.isolation import IsolatedDecoder
 
             # A persistent killable child: a decord hang or native crash on one file fails that file only.
             self._decoder = IsolatedDecoder(timeout_s=self.decode_timeout_s, max_clips_per_process=2000)
@@ -187,15 +186,17 @@ class Predictor:
 
     def load_clip(self, path: str) -> np.ndarray:
         """Decode and preprocess one video as at evaluation: uint8 (T, crop, crop, 3). Raises DecodeError."""
-        from pipeline.data.sampling import eval_indices
+        from pipeline.data.clips import eval_clip
 
         decoder = self._decoder_or_start()
         p = self.preprocessing
         info = decoder.probe(path)
-        indices = eval_indices(info.num_frames, p.num_segments)
-        frames = decoder.decode(path, indices, short_side=p.short_side, num_frames=info.num_frames,
-                                size=(info.width, info.height), backend=info.backend)
-        return preprocess_frames(frames, p)
+        # The evaluation pipeline's own clip computation (pipeline.data.clips), so predictions match `eco evaluate`.
+        return eval_clip(lambda indices: decoder.decode(path, indices, short_side=p.short_side,
+                                                        num_frames=info.num_frames, size=(info.width, info.height),
+                                                        backend=info.backend),
+                         info.num_frames, num_segments=p.num_segments, short_side=p.short_side,
+                         crop_size=p.crop_size)
 
     def close(self) -> None:
         if self._decoder is not None:
@@ -265,16 +266,6 @@ class Predictor:
                 flush()
         flush()
         return [results[i] for i in range(len(paths))]
-
-
-def preprocess_frames(frames: np.ndarray, prep: Preprocessing) -> np.ndarray:
-    """uint8 frames (T, H, W, 3) -> the evaluation clip (T, crop, crop, 3): resize short side, centre crop."""
-    from pipeline.data.transforms import eval_transform
-
-    clip = np.asarray(eval_transform(frames, short_side=prep.short_side, crop_size=prep.crop_size, crops=1))
-    if clip.ndim == 5:  # (crops, T, crop, crop, 3) with crops=1
-        clip = clip[0]
-    return clip
 
 
 def predict_main(args) -> int:

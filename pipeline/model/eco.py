@@ -25,6 +25,7 @@ from torch import nn
 
 from pipeline.model.bninception import ECO2D, BNInceptionTail
 from pipeline.model.resnet3d import ECO3D
+from pipeline.model.weights import load_init_weights, load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -126,15 +127,10 @@ def _build(variant: Variant, num_classes: int, num_segments: int, dropout: float
         raise ValueError("pretrained (a whole ECO checkpoint) cannot be combined with init_2d/init_3d (the authors' "
                          "separate 2D and 3D starting files): give one or the other")
     model = ECO(variant=variant, num_classes=num_classes, num_segments=num_segments, dropout=dropout)
-    # weights.py builds models too: import it here.
     if pretrained is not None:
-        from pipeline.model.weights import load_weights
-
         report = load_weights(model, pretrained)
         logger.info("%s", report.describe())
     elif init_2d is not None or init_3d is not None:
-        from pipeline.model.weights import load_init_weights
-
         report = load_init_weights(model, init_2d=init_2d, init_3d=init_3d)
         logger.info("ECO-%s initialised as the authors did:\n%s", variant.capitalize(), report.describe())
     return model
@@ -167,3 +163,7 @@ def eco_full(*, num_classes: int = 400, num_segments: int = 16, dropout: float =
     takes its weights from the same 2D file.
     """
     return _build("full", num_classes, num_segments, dropout, pretrained, init_2d, init_3d)
+
+
+# The builder of each variant (config's `model.variant`, a checkpoint's): the one place a variant name becomes a model.
+BUILDERS = {"lite": eco_lite, "full": eco_full}

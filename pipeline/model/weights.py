@@ -10,7 +10,8 @@ never arbitrary pickled objects):
 - project: a directory with `checkpoint.pt` (or the file) = `{"format": "eco-pipeline/1", "model": <state_dict>,
   ...}` as written by training (docs/model.md, the team contract).
 
-`official_to_project` is the one pure key translation (timm's `checkpoint_filter_fn` pattern); `load_weights` then
+`official_to_project` (pipeline.model.keys) is the one pure key translation (timm's `checkpoint_filter_fn`
+pattern); `load_weights` then
 checks every key and shape against the model and names whatever does not match. A different number of classes is
 the one expected gap: the backbone loads, the classifier is re-initialised, and the caller is told so.
 """
@@ -30,90 +31,17 @@ from typing import Any, Literal
 
 import torch
 
+from pipeline import storage
+from pipeline.model.keys import HEAD as _HEAD
+from pipeline.model.keys import OFFICIAL_PREFIX as _OFFICIAL_PREFIX
+from pipeline.model.keys import CheckpointError, official_key_to_project, official_to_project, project_to_official
+from pipeline.model.keys import listed as _listed
+
 logger = logging.getLogger(__name__)
 
+# The project checkpoint format (written by pipeline.training.checkpoint): the one definition.
 PROJECT_FORMAT = "eco-pipeline/1"
 CHECKPOINT_FILE = "checkpoint.pt"
-_HEAD = "fc"  # the classifier of `pipeline.model.eco.ECO`
-_MAX_LISTED = 12  # keys listed per category in an error message
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit the model; the message names the file and the keys."""
-
-
-# Which submodule of ECO owns each Caffe layer. First match wins; `\1` is the regex group.
-_LAYER_OWNERS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), owner)
-    for pattern, owner in (
-        (r"(?:conv1|conv2|pool1|pool2)_", "net2d.basic_conv"),
-        (r"inception_3a_", "net2d.inception_a"),
-        (r"inception_3b_", "net2d.inception_b"),
-        # ECO's 3D net branches off inception_3c after double_3x3_1; those two convs belong to the shared trunk.
-        (r"inception_3c_double_3x3_(?:reduce|1)(?:_bn)?$", "net2d.inception_c"),
-        (r"inception_3c_", "stream2d.inception_3c"),
-        (r"inception_(4[a-e]|5[ab])_", r"stream2d.inception_\1"),
-        (r"res([345])[ab]_", r"net3d.res\1"),
-    )
-)
-_OFFICIAL_PREFIX = "base_model."
-_OFFICIAL_HEADS = ("new_fc.", "base_model.fc_final.")
-
-
-def official_to_project(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Translate the authors' key names to this project's, one to one; values are passed through untouched.
-
-    `module.base_model.inception_3a_1x1.weight` -> `net2d.inception_a.inception_3a_1x1.weight`,
-    `module.base_model.res4a_down.bias` -> `net3d.res4.res4a_down.bias`, `module.new_fc.weight` -> `fc.weight`.
-    The `module.` prefix (nn.DataParallel) is optional. A key that names no known layer raises CheckpointError
-    naming it: nothing is dropped or guessed.
-    """
-    out: dict[str, Any] = {}
-    unknown: list[str] = []
-    for key, value in state_dict.items():
-        new_key = _official_key_to_project(key)
-        if new_key is None:
-            unknown.append(key)
-            continue
-        if new_key in out:
-            raise CheckpointError(f"two checkpoint keys map to {new_key!r} (the second is {key!r})")
-        out[new_key] = value
-    if unknown:
-        raise CheckpointError(f"unknown keys in the authors' checkpoint layout: {_listed(unknown)}; expected "
-                              f"'module.base_model.<caffe layer>.<param>' or 'module.new_fc.<param>'")
-    return out
-
-
-def project_to_official(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """The inverse of `official_to_project`: this project's names -> `module.base_model.<layer>.<param>`."""
-    out: dict[str, Any] = {}
-    for key, value in state_dict.items():
-        parts = key.split(".")
-        if parts[0] == _HEAD and len(parts) == 2:
-            out[f"module.new_fc.{parts[1]}"] = value
-        elif len(parts) >= 3 and _official_key_to_project(f"{_OFFICIAL_PREFIX}{parts[-2]}.{parts[-1]}") == key:
-            out[f"module.{_OFFICIAL_PREFIX}{parts[-2]}.{parts[-1]}"] = value
-        else:
-            raise CheckpointError(f"key {key!r} has no counterpart in the authors' checkpoint layout")
-    return out
-
-
-def _official_key_to_project(key: str) -> str | None:
-    k = key.removeprefix("module.")
-    for head in _OFFICIAL_HEADS:
-        if k.startswith(head):
-            param = k[len(head):]
-            return f"{_HEAD}.{param}" if param and "." not in param else None
-    if not k.startswith(_OFFICIAL_PREFIX):
-        return None
-    layer, _, param = k[len(_OFFICIAL_PREFIX):].partition(".")
-    if not param or "." in param:
-        return None
-    for pattern, owner in _LAYER_OWNERS:
-        m = pattern.match(layer)
-        if m:
-            return f"{m.expand(owner)}.{layer}.{param}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -141,7 +69,7 @@ class LoadReport:
 def resolve_checkpoint_path(path: str | os.PathLike) -> str:
     """A checkpoint file, or a directory holding `checkpoint.pt` -> that file. Local paths or URIs (s3://, gs://,
     file://; read through pyarrow.fs, as the config's `model.pretrained` may name object storage)."""
-    if _is_uri(path):
+    if storage.is_uri(path):
         return _resolve_uri(str(path))
     p = Path(path)
     if p.is_dir():
@@ -167,7 +95,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _read_resolved(file: str) -> dict[str, Any]:
-    source: str | io.BytesIO = io.BytesIO(_read_uri(file)) if _is_uri(file) else file
+    source: str | io.BytesIO = io.BytesIO(_read_uri(file)) if storage.is_uri(file) else file
     try:
         obj = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -182,36 +110,27 @@ def _read_resolved(file: str) -> dict[str, Any]:
     return obj
 
 
-def _is_uri(path: str | os.PathLike) -> bool:
-    return isinstance(path, str) and "://" in path
-
-
 def _resolve_uri(uri: str) -> str:
-    from pyarrow import fs
-
     try:
-        filesystem, inner = fs.FileSystem.from_uri(uri)
-        info = filesystem.get_file_info(inner)
-        if info.type == fs.FileType.Directory:
-            child = f"{inner.rstrip('/')}/{CHECKPOINT_FILE}"
-            if filesystem.get_file_info(child).type != fs.FileType.File:
+        if storage.is_dir(uri):
+            child = storage.join(uri, CHECKPOINT_FILE)
+            if not storage.is_file(child):
                 raise CheckpointError(f"{uri} is a directory without {CHECKPOINT_FILE}: expected a project "
                                       f"checkpoint directory or a checkpoint file")
-            return f"{uri.rstrip('/')}/{CHECKPOINT_FILE}"
-    except (OSError, ValueError) as e:  # pyarrow's errors subclass these
+            return child
+        exists = storage.exists(uri)
+    except (OSError, ValueError) as e:  # pyarrow's and storage's errors subclass these
+        if isinstance(e, CheckpointError):
+            raise
         raise CheckpointError(f"{uri}: cannot access the checkpoint ({_first_line(e)})") from e
-    if info.type == fs.FileType.NotFound:
+    if not exists:
         raise FileNotFoundError(f"checkpoint not found: {uri}")
     return uri
 
 
 def _read_uri(uri: str) -> bytes:
-    from pyarrow import fs
-
     try:
-        filesystem, inner = fs.FileSystem.from_uri(uri)
-        with filesystem.open_input_stream(inner) as f:
-            return f.read()
+        return storage.read_bytes(uri)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{uri}: cannot read the checkpoint ({_first_line(e)})") from e
 
@@ -302,31 +221,6 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike | Mapping[str, 
                       model_num_classes=model_classes, head_reinitialized=reinit_head, missing_counters=counters)
 
 
-def model_from_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild an ECO model from a project checkpoint (config["model"] + label_names) and load its weights.
-
-    Returns (model in eval mode, the checkpoint dict). The authors' files carry no config: build the model with
-    `eco_lite`/`eco_full(pretrained=...)` instead.
-    """
-    from pipeline.model.eco import ECO
-
-    file = resolve_checkpoint_path(path)
-    checkpoint = _read_resolved(file)
-    if checkpoint.get("format") != PROJECT_FORMAT:
-        raise CheckpointError(f"{file}: not a project checkpoint (no format {PROJECT_FORMAT!r}); for the authors' "
-                              f"weights use eco_lite(pretrained=...) or eco_full(pretrained=...)")
-    try:
-        model_cfg = checkpoint["config"]["model"]
-        num_classes = len(checkpoint["label_names"])
-        model = ECO(variant=model_cfg["variant"], num_classes=num_classes,
-                    num_segments=int(model_cfg["num_segments"]), dropout=float(model_cfg["dropout"]))
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{file}: project checkpoint lacks config.model.variant/num_segments/dropout or "
-                              f"label_names ({e!r})") from e
-    load_weights(model, checkpoint, name=file)
-    return model.eval(), checkpoint
-
-
 def _file_key(project_key: str, layout: str) -> str:
     """Name a key as the file does, so that the user can find it with the file's own tools."""
     if layout != "official":
@@ -343,11 +237,6 @@ def _variant_hint(model: torch.nn.Module, missing: list[str], unexpected: list[s
     if any(k.startswith("stream2d.") for k in missing) and getattr(model, "variant", None) == "full":
         return " (the checkpoint is an ECO-Lite one: build the model with eco_lite)"
     return ""
-
-
-def _listed(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f" ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
 
 
 def _first_line(e: BaseException) -> str:
@@ -464,7 +353,7 @@ def bninception_to_project(state_dict: Mapping[str, torch.Tensor], expected: Map
     out: dict[str, torch.Tensor] = {}
     used_file_keys: set[str] = set()
     for key, value in state_dict.items():
-        target = _official_key_to_project(_OFFICIAL_PREFIX + key)  # the names ECO's own checkpoints use
+        target = official_key_to_project(_OFFICIAL_PREFIX + key)  # the names ECO's own checkpoints use
         if target in needed:
             out[target] = value
             used_file_keys.add(key)
@@ -488,7 +377,7 @@ def resnet3d18_to_project(state_dict: Mapping[str, torch.Tensor], expected: Mapp
         inner = key.removeprefix("module.")
         if not re.match(r"base_model\.res[345][ab]_", inner):
             continue
-        target = _official_key_to_project(inner)
+        target = official_key_to_project(inner)
         if target not in needed:
             continue  # res3a_1, res3a_1_bn, res3a_down: ECO's res3 starts at res3a_2
         if target == _RES3A_2_WEIGHT:

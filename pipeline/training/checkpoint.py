@@ -25,8 +25,7 @@ import torch
 from torch import nn
 
 from pipeline import storage
-
-FORMAT = "eco-pipeline/1"
+from pipeline.model.weights import PROJECT_FORMAT as FORMAT
 CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_FILE = "model.pt"  # the checkpoint without optimiser state, for evaluation and inference
 REQUIRED_KEYS = ("format", "model", "optimizer", "epoch", "step", "config", "label_names", "data_seed", "metrics")

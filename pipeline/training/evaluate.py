@@ -43,6 +43,7 @@ def evaluate(checkpoint: str | os.PathLike, manifest: str | os.PathLike, *, spli
     import ray
 
     from pipeline.data import pipeline as data_pipeline
+    from pipeline.data.run_state import create_run_state
     from pipeline.data.manifest import read_labels, read_manifest
     from pipeline.inference.actors import ScoreViews, add_model_stage, model_pool
 
@@ -58,7 +59,7 @@ def evaluate(checkpoint: str | os.PathLike, manifest: str | os.PathLike, *, spli
     expected_videos = read_manifest(manifest, split).num_rows
 
     raystart.ensure_ray(num_cpus=num_cpus)
-    run_state = data_pipeline.create_run_state()
+    run_state = create_run_state()
     ds = data_pipeline.build_eval_dataset(cfg, manifest, split, num_clips=num_clips, crops=crops, run_state=run_state)
     actors, resources, kind = model_pool(actors)
     ds = add_model_stage(ds, ScoreViews, actors=actors, resources=resources,

@@ -340,9 +340,9 @@ def _merge(a: engine.EpochResult, b: engine.EpochResult) -> engine.EpochResult:
 
 
 def _build_model(cfg: Config, num_classes: int, *, starting_weights: bool = True) -> nn.Module:
-    from pipeline.model import eco_full, eco_lite
+    from pipeline.model import BUILDERS
 
-    builder = {"lite": eco_lite, "full": eco_full}[cfg.model.variant]
+    builder = BUILDERS[cfg.model.variant]
     # The builder loads `pretrained` strictly and re-initialises only the classifier when the class count differs
     # (pipeline.model.weights.load_weights), or starts from the authors' 2D + 3D files (`init_2d`/`init_3d`,
     # load_init_weights); every rank loads them after the same seed, so DDP starts from identical weights.

@@ -122,6 +122,7 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
     accelerator-resident batches with it).
     """
     from pipeline.data import pipeline as data_pipeline
+    from pipeline.data.run_state import create_run_state
     from pipeline.data.manifest import read_labels, read_manifest
 
     raystart.check_job_paths({"checkpoint.storage_path": cfg.checkpoint.storage_path,
@@ -156,7 +157,7 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
 
     # One run-state actor per launch: the epoch for TSN offsets and this run's decode failures. It lives in the
     # driver's job, so it survives worker-group restarts.
-    data_state = data_pipeline.create_run_state()
+    data_state = create_run_state()
     datasets = {
         "train": data_pipeline.build_train_dataset(cfg, cfg.data.manifest, run_state=data_state),
         "val": data_pipeline.build_eval_dataset(cfg, cfg.data.manifest, cfg.data.val_split, run_state=data_state),

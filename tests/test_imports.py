@@ -1,0 +1,123 @@
+"""The import graph of `pipeline`: no cycles, so that every module can be read (and imported) after the ones it uses.
+
+The graph is read from the source (AST), not from a running interpreter, and counts function-level imports too: a
+lazy import hides a cycle from `python -c "import ..."` but not from a reader. Imports under `if TYPE_CHECKING:`
+are left out (they never run).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imported(tree: ast.AST, module: str, is_package: bool, modules: set[str]) -> set[str]:
+    """The `pipeline` modules `tree` imports (`from pipeline.x import y` counts as pipeline.x.y when that is a
+    module, else pipeline.x)."""
+    found: set[str] = set()
+
+    def add(name: str) -> None:
+        while name and name not in modules:  # `import pipeline.data.decode` -> the module itself
+            name = name.rpartition(".")[0]
+        if name and name != module:
+            found.add(name)
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this module's package
+                package = module if is_package else module.rpartition(".")[0]
+                for _ in range(node.level - 1):
+                    package = package.rpartition(".")[0]
+                base = f"{package}.{base}" if base else package
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                add(full if full in modules else base)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    modules = set(files)
+    return {m: _imported(ast.parse(p.read_text(), str(p)), m, p.name == "__init__.py", modules)
+            for m, p in files.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle [a, b, ..., a] of `graph`, or None. A package's `__init__` importing its own submodules is not a
+    cycle of the code (Python imports the package first), so edges from a package into itself are skipped."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def edges(m: str) -> list[str]:
+        return sorted(d for d in graph.get(m, ()) if not d.startswith(m + "."))
+
+    def dfs(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for d in edges(m):
+            if state.get(d) == 1:
+                return path[path.index(d):] + [d]
+            if d not in state:
+                cycle = dfs(d)
+                if cycle:
+                    return cycle
+        path.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            cycle = dfs(m)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_the_graph_is_read():
+    graph = import_graph()
+    assert "pipeline.data.pipeline" in graph["pipeline.training.run"]  # a function-level import
+    assert {"pipeline.data.shards", "pipeline.data.sampling"} <= graph["pipeline.data.clips"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_import_cycles():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_leaves_stay_leaves():
+    """Modules the others build on import nothing above them (issue 12): the key remapping, storage, the pure
+    data functions."""
+    graph = import_graph()
+    assert graph["pipeline.model.keys"] == set()
+    assert graph["pipeline.storage"] == set()
+    for pure in ("pipeline.data.sampling", "pipeline.data.transforms"):
+        assert graph[pure] <= {"pipeline.data.sampling"}, (pure, graph[pure])
+    assert graph["pipeline.data.shards"] == {"pipeline.storage"}
+    assert "pipeline.data.pipeline" not in graph["pipeline.data.shards"]
+    assert "pipeline.model.eco" not in graph["pipeline.model.weights"]
