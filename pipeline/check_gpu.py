@@ -49,14 +49,16 @@ class CheckSettings:
     lr: float = 0.02
     compile: bool = True
     compile_backend: str = "inductor"
+    amp: bool = True  # bf16 autocast
     bench: bool = True
 
     @classmethod
     def tiny(cls) -> "CheckSettings":
-        # No compilation: tracing ECO costs minutes on a 2-core CPU, and compiled training through the same step
-        # function is tested on its own (tests/test_engine.py, tests/test_train_device.py).
-        return cls(segments=4, size=64, classes=4, train_clips=16, val_clips=8, batch=4, epochs=2, compile=False,
-                   bench=False)
+        # No compilation: tracing ECO costs minutes on a 2-core CPU. fp32: bf16 autocast is ~4.5x slower on CPUs
+        # without avx512_bf16/AMX (2 of this check's 5 minutes on the test machine). Compiled and bf16 training
+        # through the same step function are tested on their own (tests/test_engine.py, tests/test_train_device.py).
+        return cls(segments=4, size=64, classes=4, train_clips=12, val_clips=8, batch=4, epochs=2, compile=False,
+                   amp=False, bench=False)
 
 
 @dataclass
@@ -129,7 +131,7 @@ def run_checks(device_name: str, s: CheckSettings, *, with_ray: bool = True) -> 
         from pipeline.training.optim import build_optimizer
 
         optimizer = build_optimizer(model, OptimConfig(lr=s.lr), lr=s.lr)
-        settings = engine.StepSettings(normalization="imagenet", amp=True, clip_grad_norm=40.0,
+        settings = engine.StepSettings(normalization="imagenet", amp=s.amp, clip_grad_norm=40.0,
                                        log_every_steps=steps_per_epoch)
         batches = _batches(train_clips, train_labels, s.batch, pin=cuda)
         step, losses, last = 0, [], None
@@ -157,7 +159,7 @@ def run_checks(device_name: str, s: CheckSettings, *, with_ray: bool = True) -> 
     def evaluate(check: Check) -> None:
         model = state["model"]
         sums, samples = engine.evaluate_batches(model, _batches(val_clips, val_labels, s.batch, pin=cuda),
-                                                device=device, normalization="imagenet", amp=True,
+                                                device=device, normalization="imagenet", amp=s.amp,
                                                 num_classes=s.classes, keep_samples=4)
         m = sums.compute()
         if samples.clips is None or samples.clips.shape[0] != min(4, s.val_clips):
@@ -176,12 +178,12 @@ def run_checks(device_name: str, s: CheckSettings, *, with_ray: bool = True) -> 
             saved = ckpt.save_checkpoint(Path(tmp, "epoch_0001"), ckpt.build_state(
                 state["model"], state["optimizer"], epoch=s.epochs, step=state["step"], config=cfg.to_dict(),
                 label_names=[f"class_{i}" for i in range(s.classes)], data_seed=0, metrics={}))
-            predictor = Predictor.from_checkpoint(saved, device=device, amp=True)
+            predictor = Predictor.from_checkpoint(saved, device=device, amp=s.amp)
         probs, _ = predictor.predict_clips(val_clips)
         # The trained (compiled) model on the same clips, in the evaluation's batch size: a new batch size would
         # make torch.compile trace the model again.
         model = state["model"].eval()
-        with torch.no_grad(), engine.autocast(device, True):
+        with torch.no_grad(), engine.autocast(device, s.amp):
             reference = np.concatenate([model(_normalized(val_clips[i:i + s.batch], device)).float().argmax(1)
                                         .cpu().numpy() for i in range(0, len(val_clips), s.batch)])
         agree = float((probs.argmax(1) == reference).mean())
@@ -267,7 +269,7 @@ def _ray_checks(check: Check, s: CheckSettings, state: dict[str, Any]) -> None:
             state["model"], None, epoch=s.epochs, step=state.get("step", 0), config=cfg.to_dict(),
             label_names=list(names), data_seed=0, metrics={}))
         try:
-            report = evaluate(saved, data, num_clips=2, crops=3, out_dir=Path(tmp, "eval"), amp=True)
+            report = evaluate(saved, data, num_clips=2, crops=3, out_dir=Path(tmp, "eval"), amp=s.amp)
             summary = batch_predict(data, saved, Path(tmp, "predictions"))
         finally:
             if started:

@@ -1,5 +1,5 @@
 """`eco check gpu` / `make gpu-check` on a machine without CUDA: it says so and exits 0; with `--device cpu` the
-same checks (training with bf16 + channels_last (compiled on GPUs), evaluation with sample keeping, checkpoint + predict,
+same checks (training with channels_last (bf16 and compiled on GPUs), evaluation with sample keeping, checkpoint + predict,
 JPEG decoding, and the Ray evaluation / batch inference path) run at a tiny size and pass."""
 
 from __future__ import annotations
