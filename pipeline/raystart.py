@@ -203,7 +203,13 @@ def quiet_ray_process() -> None:
 def quiet() -> None:
     """Keep Ray's INFO chatter (per-report dicts, dataset banners) out of the console; warnings stay, and Ray's
     log files keep everything."""
-    import ray.data  # noqa: F401  (configures the "ray.data" logger on import: adjust it afterwards)
+    import importlib.util
+
+    import ray.data  # (configures the "ray.data" logger on import: adjust it afterwards)
+
+    if importlib.util.find_spec("tqdm") is None:
+        # Ray Data draws its progress bars with tqdm; without it, it says so in a warning on every run instead.
+        ray.data.DataContext.get_current().enable_progress_bars = False
 
     # A handler the root logger shares is left alone: Ray Train's workers use one "console" handler for both the
     # `ray.train` logger and the root logger, which carries the project's own lines (the epoch line).
