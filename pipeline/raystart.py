@@ -194,6 +194,13 @@ def quiet_ray_process() -> None:
     project, and cannot be acted on here."""
     import warnings
 
+    import ray
+
+    # Ray's State API client finds its cluster through RAY_ADDRESS or, without it, by looking for running instances
+    # on this machine; where there are several (a cluster and this local instance), the PlacementGroupCleaner's
+    # monitor thread dies with a traceback. Name this instance.
+    if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     warnings.filterwarnings("ignore", message=r".*exclude_resources.*deprecated")
     for name, prefix in _REPEATED_WARNINGS.items():
         logging.getLogger(name).addFilter(_DropMessages(prefix))
