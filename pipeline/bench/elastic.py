@@ -22,7 +22,8 @@ streams), so they are two draws of the same training; `tolerance` is two standar
 accuracies measured on the same `val` clips, 2 * sqrt(2 p (1 - p) / n) at the fixed run's accuracy p: the
 validation-sampling part of the spread alone (docs/benchmarks.md, section 6).
 
-Sizes (2 cores: ~6 min with data and cluster start; `--quick`: ~3 min, an exercise of the code): 4 classes,
+Sizes (2 cores: ~8 min idle, ~20 min when the machine is shared; `--quick`: half that, an exercise of the
+code, too short to compare accuracies): 4 classes,
 64x64 px, 16 frames, half the videos held out for validation (a tighter accuracy comparison at the cost of a few
 seconds of evaluation), ECO-Lite 4 segments at 64 px, batch 4 per worker (global 8 at both sizes).
 """
@@ -64,8 +65,10 @@ class Sizes:
     resize_interval_s: float = 5.0  # scaling.elastic_resize_monitor_interval_s (default 60 s in recipes)
 
 
-FULL = Sizes(videos_per_class=64, epochs=8, every_steps=4)   # 128 train / 128 val clips, 16 steps per epoch
-QUICK = Sizes(videos_per_class=24, epochs=4, every_steps=2)  # 48 / 48, 6 steps per epoch
+# A checkpoint of ECO-Lite (model + momentum) is ~430 MB whatever the input size: one mid-epoch checkpoint per epoch
+# keeps the writes a modest share of a 2-core run.
+FULL = Sizes(videos_per_class=48, epochs=8, every_steps=6)   # 96 train / 96 val clips, 12 steps per epoch
+QUICK = Sizes(videos_per_class=24, epochs=4, every_steps=3)  # 48 / 48, 6 steps per epoch
 
 
 def stamp_batch(events: str, batch: dict[str, Any]) -> dict[str, Any]:
@@ -150,13 +153,13 @@ class _Preemptor(threading.Thread):
             self._until(lambda: len(_events(self.events)) >= seen + self.sizes.every_steps // 2, "steps after it")
             self.t_loss = time.time()
             self.cluster.stop_node(self.cluster.procs[1])
-            log.info("stopped the worker node at %.1f", self.t_loss)
+            log.info("stopped the worker node (SIGTERM: it drains, then shuts down)")
             # 2. The remaining worker wrote a checkpoint of its own: the node returns (fresh ports).
             self._until(lambda: any(_workers(self.run_dir / d) == 1 for d in _registered(self.run_dir)),
                         "a one-worker checkpoint")
             self.t_return = time.time()
             self.cluster.start_worker("worker-again")
-            log.info("started the worker node again at %.1f", self.t_return)
+            log.info("started the worker node again")
         except BaseException as e:  # reported by the driver after train() returns
             self.error = e
 
@@ -168,6 +171,15 @@ class _Preemptor(threading.Thread):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no {what} within {timeout_s}s")
             time.sleep(0.2)
+
+
+def _preemption_checkpoints(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, unix time) of the checkpoints written on a preemption notice, from the run's W&B offline records
+    (a group torn down with its node may not have flushed its last records: then none is found)."""
+    from pipeline.training.tracking import find_offline_runs, read_offline_run
+
+    return [(int(row["train/step"]), float(row["_timestamp"])) for path in find_offline_runs(run_dir)
+            for row in read_offline_run(path).history if row.get("elastic/preemption_checkpoint")]
 
 
 def _run(cfg, events: Path) -> tuple[Any, float]:
@@ -213,7 +225,8 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False) -> dict[
         from pipeline.data.manifest import read_manifest
         from pipeline.training.checkpoint import load_checkpoint
 
-        ray.init(address=cluster.address, logging_level="warning", runtime_env={
+        # The workers' logs stay in the cluster's session logs (<temp dir>/session_*/logs): the driver prints the table.
+        ray.init(address=cluster.address, logging_level="warning", log_to_driver=False, runtime_env={
             "working_dir": str(ROOT), "excludes": EXCLUDES,
             "env_vars": {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "RAY_ADDRESS": cluster.address}})
         data = _prepare_data(work / "data", sizes)
@@ -223,11 +236,14 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False) -> dict[
 
         fixed_cfg = _config(data, storage, f"fixed-{stamp}", sizes, "2")
         fixed_events = work / f"fixed-{stamp}.events"
+        log.info("fixed run (2 workers): %d epochs of %d steps", sizes.epochs, steps_per_epoch)
         fixed, fixed_wall = _run(fixed_cfg, fixed_events)
+        log.info("fixed run done in %.0f s, val top-1 %.1f%%", fixed_wall, 100 * fixed.metrics["val_top1"])
 
         elastic_cfg = _config(data, storage, f"elastic-{stamp}", sizes, "[1, 2]")
         elastic_events = work / f"elastic-{stamp}.events"
         preemptor = _Preemptor(cluster, storage / f"elastic-{stamp}", elastic_events, sizes, steps_per_epoch)
+        log.info("elastic run ([1, 2] workers): the worker node leaves in epoch %d", KILL_EPOCH)
         preemptor.start()
         try:
             elastic, elastic_wall = _run(elastic_cfg, elastic_events)
@@ -253,6 +269,7 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False) -> dict[
     gap_one = to_one and to_one - max(t for t, w in stamps if w == 2 and t < to_one)
     gap_two = to_two and to_two - max(t for t, w in stamps if w == 1 and t < to_two)
     p = float(fixed.metrics["val_top1"])
+    notices = _preemption_checkpoints(Path(elastic.run_dir))
     return {
         "setup": {"task": f"synthetic direction of motion, {sizes.classes} classes, 64 px, 16 frames",
                   "model": "ECO-Lite 4 segments at 64 px", "train_clips": num_train, "val_clips": num_val,
@@ -267,7 +284,10 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False) -> dict[
                     "return_to_two_workers_s": to_two and to_two - preemptor.t_return,
                     "pause_at_loss_s": gap_one, "pause_at_return_s": gap_two,
                     "groups": [{k: h[k] for k in ("world", "cause", "step", "steps_redone")} for h in history],
-                    "steps_redone": sum(h["steps_redone"] for h in history)},
+                    "steps_redone": sum(h["steps_redone"] for h in history),
+                    # The checkpoint written on the drain's notice: its step and seconds after the SIGTERM.
+                    "preemption_checkpoints": [{"step": st, "after_sigterm_s": t - preemptor.t_loss}
+                                               for st, t in notices]},
         "tolerance": 2 * (2 * p * (1 - p) / num_val) ** 0.5,
     }
 
@@ -299,7 +319,10 @@ def format_results(res: dict[str, Any]) -> str:
         _seconds_row("  training paused at the loss (s)", e["pause_at_loss_s"], step),
         _seconds_row("  training paused at the return (s)", e["pause_at_return_s"], step),
         f"{'  steps redone':34}{0:>12d}{e['steps_redone']:>15d}   ({redone})",
-        f"  worker groups: {' -> '.join(str(g['world']) for g in e['groups'])}",
+        "  worker groups: " + " -> ".join(f"{g['world']} (from step {g['step']})" for g in e["groups"]),
+        "  checkpoints on the preemption notice: " + (", ".join(
+            f"step {c['step']}, {c['after_sigterm_s']:.0f} s after the SIGTERM" for c in e["preemption_checkpoints"])
+            or "none recorded"),
     ])
 
 
