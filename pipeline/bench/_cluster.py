@@ -92,9 +92,20 @@ class LocalCluster:
         return self.procs[-1]
 
     def stop_node(self, proc: subprocess.Popen, timeout_s: float = 120) -> None:
-        """Stop one node as a spot reclaim does: SIGTERM to its `ray start --block` (which shuts the node down)."""
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=timeout_s)
+        """Stop one node as Kubernetes stops a pod (a spot reclaim): SIGTERM to its `ray start --block` alone, the
+        container's PID 1. Ray then drains the node (the preemption notice, with a deadline 30 s ahead,
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S) and shuts its processes down at the deadline. (SIGTERM to the whole
+        process group would also kill the raylet and the workers at once, with no notice.)"""
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # whatever of the node outlived its `ray start` (its own process group: start_new_session)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
 
     @staticmethod
     def _common() -> list[str]:

@@ -31,6 +31,7 @@ seconds of evaluation), ECO-Lite 4 segments at 64 px, batch 4 per worker (global
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -63,6 +64,7 @@ class Sizes:
     classes: int = 4
     batch: int = 4  # per worker, at 2 workers; the global batch is 8 at both sizes
     resize_interval_s: float = 5.0  # scaling.elastic_resize_monitor_interval_s (default 60 s in recipes)
+    lr: float = 0.005  # the demo's, for its global batch of 8 (jobs/configs/synthetic_demo.yaml)
 
 
 # A checkpoint of ECO-Lite (model + momentum) is ~430 MB whatever the input size: one mid-epoch checkpoint per epoch
@@ -117,8 +119,7 @@ def _config(data: Path, storage: Path, name: str, sizes: Sizes, num_workers: str
         "data.decode_workers=1", "data.decode_batch_size=4", "data.prefetch_batches=1",
         # Decoding on the head node: the node that leaves holds only a training worker.
         "data.decode_cpus=0.5", "data.decode_resources={head_node: 0.01}",
-        # The demo's optimiser for a global batch of 8 (jobs/configs/synthetic_demo.yaml).
-        "optim.lr=0.005", "optim.base_batch_size=8", "optim.schedule=cosine", "optim.warmup_epochs=1.0",
+        f"optim.lr={sizes.lr}", "optim.base_batch_size=8", "optim.schedule=cosine", "optim.warmup_epochs=1.0",
         f"train.epochs={sizes.epochs}", f"train.batch_size={sizes.batch}", f"train.eval_every_epochs={sizes.epochs}",
         "train.eval_batch_size=16", "train.log_every_steps=1", "train.seed=0", "train.amp=false",
         "train.channels_last=false",
@@ -204,10 +205,15 @@ def _prepare_data(out: Path, sizes: Sizes) -> Path:
     return out
 
 
-def measure(work_dir: str | Path | None = None, *, quick: bool = False) -> dict[str, Any]:
+def measure(work_dir: str | Path | None = None, *, quick: bool = False, epochs: int | None = None,
+            videos_per_class: int | None = None, lr: float | None = None) -> dict[str, Any]:
+    """Both runs and the figures; `epochs`, `videos_per_class` and `lr` override the sizes (longer runs for an
+    accuracy comparison away from chance, docs/benchmarks.md section 6)."""
     from pipeline.bench._cluster import LocalCluster
 
     sizes = QUICK if quick else FULL
+    sizes = dataclasses.replace(sizes, **{k: v for k, v in (("epochs", epochs), ("videos_per_class", videos_per_class),
+                                                            ("lr", lr)) if v is not None})
     work = Path(work_dir or tempfile.mkdtemp(prefix="eco-bench-elastic-")).absolute()
     work.mkdir(parents=True, exist_ok=True)
     storage = work / "runs"
@@ -328,7 +334,9 @@ def format_results(res: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     out = getattr(args, "out", None)
-    res = measure(Path(out) / "work" if out else None, quick=bool(getattr(args, "quick", False)))
+    res = measure(Path(out) / "work" if out else None, quick=bool(getattr(args, "quick", False)),
+                  epochs=getattr(args, "epochs", None), videos_per_class=getattr(args, "videos_per_class", None),
+                  lr=getattr(args, "lr", None))
     print(format_results(res))
     if out:
         write_results(out, "elastic", res)
@@ -340,4 +348,8 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=None)
+    p.add_argument("--epochs", type=int, default=None, help=f"epochs of both runs (default {FULL.epochs})")
+    p.add_argument("--videos-per-class", type=int, default=None,
+                   help=f"synthetic videos per class, half of them for validation (default {FULL.videos_per_class})")
+    p.add_argument("--lr", type=float, default=None, help=f"peak lr for the global batch of 8 (default {FULL.lr})")
     sys.exit(run(p.parse_args()))
