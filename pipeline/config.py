@@ -227,12 +227,21 @@ class CheckpointConfig:
     # and a resume trains each remaining clip of the epoch once (issue 15). A checkpoint of ECO-Lite is ~0.2 GB:
     # pick N so that writing it costs a small share of the time N steps take.
     every_steps: int = 0
+    # Every N optimiser steps each worker asks Ray Train whether a node of the group is being preempted
+    # (ray.train.get_preemption_info: Ray Core marks a node draining on SIGTERM to its `ray start`, a spot reclaim,
+    # `ray drain-node` or an autoscaler drain; Ray Train's watcher polls the drains every 5 s), and on a new notice
+    # writes a mid-epoch checkpoint at once, so the restart after the loss redoes only the steps trained after it
+    # (docs/training.md). The call is a barrier across workers, one round trip to Ray Train; 0: never ask. A SIGTERM
+    # drain leaves 30 s (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S), cloud spot notices 30 s to 2 min: keep N steps
+    # well under that.
+    preemption_check_steps: int = 10
 
     def validate(self) -> None:
         _check(bool(self.run_name), "checkpoint.run_name", "must be non-empty")
         _check(self.max_failures >= -1, "checkpoint.max_failures", "must be >= -1 (-1: unlimited)")
         _check(self.num_to_keep >= 1, "checkpoint.num_to_keep", "must be >= 1")
         _check(self.every_steps >= 0, "checkpoint.every_steps", "must be >= 0 (0: only at epoch ends)")
+        _check(self.preemption_check_steps >= 0, "checkpoint.preemption_check_steps", "must be >= 0 (0: never ask)")
 
 
 @dataclass(frozen=True)

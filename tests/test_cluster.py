@@ -6,20 +6,17 @@ checkpoint and the W&B offline run exist."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pipeline.bench._cluster import RAY, LocalCluster
+from pipeline.bench._cluster import free_ports as _free_ports  # noqa: F401 (test_cluster_elastic imports them)
+from pipeline.bench._cluster import node_ports as _node_ports  # noqa: F401
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.tracking import find_offline_runs, read_offline_run
 from train_helpers import tiny_config, tiny_dataset
@@ -27,7 +24,6 @@ from train_helpers import tiny_config, tiny_dataset
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 ROOT = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).with_name("ray"))
 # Keep the upload small: the job needs pipeline/ and jobs/ only (Ray also honours .gitignore). Top-level folders
 # are anchored with "/": a bare "data" would also drop pipeline/data.
 EXCLUDES = [".git", ".venv", "/outputs", "/data", "/tests", "/docs", "/benchmarks", ".ci", "*.egg-info", "wandb",
@@ -37,119 +33,6 @@ EXCLUDES = [".git", ".venv", "/outputs", "/data", "/tests", "/docs", "/benchmark
 @pytest.fixture(scope="module")
 def tiny_data(ray_session, tmp_path_factory):
     return tiny_dataset(tmp_path_factory)
-
-
-def _free_ports(n: int) -> list[int]:
-    """`n` distinct TCP ports that are free now, chosen BELOW the kernel's ephemeral range.
-
-    The ports go to `ray start` processes, so no socket can be held open for them. Binding port 0 and closing it
-    (the usual trick) hands out an ephemeral port that the kernel may give to the very next bind(0) or outgoing
-    connection (Ray's own workers make hundreds) before `ray start` binds it. Ports below the ephemeral range are
-    never handed out that way: once checked free, only an explicit bind can take one. The start is random per
-    call, so two runs on one machine rarely probe the same ports.
-    """
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            ephemeral_low = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral_low = 32768  # Linux's default
-    low = 10000
-    span = max(ephemeral_low - low, n)
-    start = low + int.from_bytes(os.urandom(4), "little") % span
-    ports: list[int] = []
-    for i in range(span):
-        port = low + (start - low + i) % span
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == n:
-            return ports
-    raise RuntimeError(f"no {n} free ports between {low} and {ephemeral_low}")
-
-
-def _node_ports(ports: list[int]) -> list[str]:
-    # Two nodes on one machine: every per-node port must differ from the other node's (and from the session's
-    # Ray instance), or the second node's agents fail to bind the defaults.
-    names = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-             "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"]
-    return [f"{name}={port}" for name, port in zip(names, ports)]
-
-
-class LocalCluster:
-    """`ray start --block` processes we own: stopped by their process group, never with `ray stop` (which would
-    stop every Ray instance on the machine)."""
-
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="ecoray-", dir="/tmp"))  # short: AF_UNIX paths <= 107 bytes
-        token = workdir / "auth_token"
-        token.write_text(secrets.token_hex(32))
-        token.chmod(0o600)
-        # Token authentication, explicitly (Ray 2.60 enables it by default for local clusters): every process
-        # of this cluster and every client (ray job submit, ray status) reads the same token file.
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
-                    "RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-        self.env.pop("RAY_ADDRESS", None)
-        self.gcs_port, self.dashboard_port, self.client_port, *node_ports = _free_ports(15)
-        self.ports = (node_ports[:6], node_ports[6:12])
-        self.procs: list[subprocess.Popen] = []
-
-    @property
-    def dashboard(self) -> str:
-        return f"http://127.0.0.1:{self.dashboard_port}"
-
-    def start(self) -> None:
-        common = ["--block", "--disable-usage-stats", f"--object-store-memory={200 * 2**20}"]
-        self._spawn("head", [RAY, "start", "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
-                             f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1",
-                             "--include-dashboard=true", f"--ray-client-server-port={self.client_port}",
-                             f"--temp-dir={self.temp_dir}", "--num-cpus=3",
-                             '--resources={"trainer_slot": 1, "head_node": 1}', *_node_ports(self.ports[0]), *common])
-        self._wait_for_nodes(1)
-        self._spawn("worker", [RAY, "start", f"--address=127.0.0.1:{self.gcs_port}", "--node-ip-address=127.0.0.1",
-                               "--num-cpus=3", '--resources={"trainer_slot": 1, "second_node": 1}',
-                               *_node_ports(self.ports[1]), *common])
-        self._wait_for_nodes(2)
-
-    def _spawn(self, name: str, cmd: list[str]) -> None:
-        log = open(self.workdir / f"ray-{name}.log", "wb")
-        self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True))
-
-    def _wait_for_nodes(self, n: int, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        out = ""
-        while time.monotonic() < deadline:
-            for p in self.procs:
-                if p.poll() is not None:
-                    raise RuntimeError(f"ray start exited with {p.returncode}: see {self.workdir}/ray-*.log")
-            res = subprocess.run([RAY, "status", f"--address=127.0.0.1:{self.gcs_port}"], env=self.env,
-                                 capture_output=True, text=True, timeout=60)
-            out = res.stdout
-            if res.returncode == 0 and out.count(" node_") >= n:
-                return
-            time.sleep(2)
-        raise TimeoutError(f"the cluster did not reach {n} nodes in {timeout_s}s:\n{out}")
-
-    def node_ids(self) -> set[str]:
-        res = subprocess.run([RAY, "list", "nodes", f"--address={self.dashboard}", "--format=json"], env=self.env,
-                             capture_output=True, text=True, timeout=120, check=True)
-        return {n["node_id"] for n in json.loads(res.stdout) if n["state"] == "ALIVE"}
-
-    def stop(self) -> None:
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)  # `ray start --block` shuts its node down on SIGTERM
-        for p in reversed(self.procs):
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(timeout=30)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def test_job_submit_on_two_node_cluster(tiny_data, tmp_path):

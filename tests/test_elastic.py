@@ -132,6 +132,23 @@ def test_chunk_steps(step, every, max_steps, expected):
     assert _chunk_steps(step, every, max_steps) == expected
 
 
+@pytest.mark.parametrize("step, every, check, max_steps, expected", [
+    (0, 0, 3, 0, 3), (3, 0, 3, 0, 3),  # preemption checks alone
+    (0, 4, 3, 0, 3), (3, 4, 3, 0, 1), (4, 4, 3, 0, 2), (6, 4, 3, 0, 2),  # the nearer of a check and a checkpoint
+    (5, 4, 3, 7, 1), (6, 0, 3, 7, 1),  # never past max_steps
+])
+def test_chunk_steps_end_at_preemption_checks(step, every, check, max_steps, expected):
+    assert _chunk_steps(step, every, max_steps, check) == expected
+
+
+@pytest.mark.parametrize("step, every, new_notice, expected", [
+    (4, 4, False, "every_steps"), (5, 4, False, None), (5, 0, False, None),
+    (5, 4, True, "preemption notice"), (4, 4, True, "preemption notice"), (3, 0, True, "preemption notice"),
+])
+def test_checkpoint_reason(step, every, new_notice, expected):
+    assert elastic.checkpoint_reason(step, every, new_notice=new_notice) == expected
+
+
 def test_clip_source_leaves_out_the_rows_a_resumed_epoch_trained(ray_session):
     """The DataRunState carries a checkpoint's data position to the training source of that epoch only; evaluation
     sources (no shuffle seed) and other epochs are unaffected."""

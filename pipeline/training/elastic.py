@@ -10,7 +10,9 @@ project adds, here, is what keeps the *training* identical whatever the world si
   (`pack_rows` / `unpack_rows`: 30 KB for Kinetics' 240k rows) in each mid-epoch checkpoint; the resumed epoch
   visits only the rows outside it (pipeline.data.sampling.exclude_rows);
 - the record of each (re)start of the worker group: its world size, why it started (`restart_cause`) and the
-  optimiser steps redone (`steps_redone`).
+  optimiser steps redone (`steps_redone`);
+- when a mid-epoch checkpoint is written (`checkpoint_reason`): every `checkpoint.every_steps` steps, and at once
+  when Ray Train delivers a new preemption notice (ray.train.get_preemption_info).
 """
 
 from __future__ import annotations
@@ -71,6 +73,16 @@ def restart_cause(previous_world: int | None, world: int, *, resumed: bool) -> s
 def steps_redone(furthest_step: int | None, restored_step: int) -> int:
     """Optimiser steps trained before the restart that the restored checkpoint does not contain (done again)."""
     return max(0, int(furthest_step) - int(restored_step)) if furthest_step is not None else 0
+
+
+def checkpoint_reason(step: int, every_steps: int, *, new_notice: bool) -> str | None:
+    """Why the loop writes a mid-epoch checkpoint after optimiser step `step`, or None: the periodic checkpoint
+    (`every_steps`, 0: none) or a preemption notice not acted on yet (a node of the group is draining)."""
+    if new_notice:
+        return "preemption notice"
+    if every_steps and step % every_steps == 0:
+        return "every_steps"
+    return None
 
 
 def data_position(epoch: int, trained: np.ndarray) -> dict[str, Any]:

@@ -143,6 +143,7 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
                 data_state.note_step.remote(int(m["train/step"]))  # fire and forget: the next group counts redone steps
 
     # --- epochs ------------------------------------------------------------------------------------------------
+    last_notice = None  # the preemption notice a checkpoint was written for (ray.train.PreemptionInfo)
     for epoch in range(start_epoch, t.epochs):
         if epoch != start_epoch:
             trained = np.zeros(len(video_ids), dtype=bool)
@@ -158,7 +159,8 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
         new_rows: list[int] = []
         result = None
         while True:
-            chunk_steps = _chunk_steps(step, cfg.checkpoint.every_steps, t.max_steps)
+            chunk_steps = _chunk_steps(step, cfg.checkpoint.every_steps, t.max_steps,
+                                       cfg.checkpoint.preemption_check_steps)
             chunk = _rows_recorded(source, None if chunk_steps is None else chunk_steps * accum, new_rows)
             part = engine.train_one_epoch(model, optimizer, chunk, schedule=schedule, step=step, device=device,
                                           settings=settings, num_classes=len(label_names), on_log=on_log)
@@ -167,17 +169,35 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
             exhausted = not source.has_next()
             if exhausted or (t.max_steps > 0 and step >= t.max_steps):
                 break
-            # --- mid-epoch checkpoint: the rows every rank has trained on, then rank 0 writes --------------------
+            # --- mid-epoch checkpoint (every_steps, or a new preemption notice): the rows every rank has trained
+            # on, then rank 0 writes ----------------------------------------------------------------------------
+            notice = None
+            if cfg.checkpoint.preemption_check_steps and step % cfg.checkpoint.preemption_check_steps == 0:
+                # Every rank asks after the same steps (each takes the same number of batches): Ray Train makes it
+                # a barrier and hands every rank rank 0's view, so all agree on the checkpoint below.
+                notice = ray.train.get_preemption_info()
+            reason = elastic.checkpoint_reason(step, cfg.checkpoint.every_steps,
+                                               new_notice=notice is not None and notice != last_notice)
+            if reason is None:
+                continue
+            if notice is not None and notice != last_notice:
+                last_notice = notice
+                if rank == 0:
+                    left = (f"{notice.deadline_ms / 1000 - time.time():.0f} s before the deadline"
+                            if notice.deadline_ms else "no deadline given")
+                    log.warning("preemption notice for ranks %s on node(s) %s (%s): checkpointing at step %d",
+                                notice.preempted_ranks, notice.preempted_node_ids, left, step)
             trained |= _gather_rows(new_rows, trained.size)
             new_rows.clear()
             m = {"epoch": epoch + 1, "step": step, "lr": lr_at(step - 1, schedule), "val_top1": -1.0,
                  "epoch_complete": 0.0, "world_size": float(world), "epoch_rows_trained": float(trained.sum()),
                  "best_val_top1": best_val}
             if rank == 0:
-                log.info("epoch %d step %d: mid-epoch checkpoint, %d/%d clips of the epoch trained, world %d",
-                         epoch + 1, step, int(trained.sum()), trained.size, world)
+                log.info("epoch %d step %d: mid-epoch checkpoint (%s), %d/%d clips of the epoch trained, world %d",
+                         epoch + 1, step, reason, int(trained.sum()), trained.size, world)
                 tracker.log({"train/step": step, "elastic/world_size": world,
-                             "elastic/epoch_rows_trained": int(trained.sum())})
+                             "elastic/epoch_rows_trained": int(trained.sum()),
+                             "elastic/preemption_checkpoint": int(reason == "preemption notice")})
             _report(m, f"epoch_{epoch + 1:04d}-step_{step:07d}", rank, bare, optimizer, epoch, step, cfg,
                     label_names, config["schedule"], workers, trained, history)
         completed = not source.has_next()
@@ -280,10 +300,10 @@ def _begin_attempt(data_state, world: int, step: int, epoch: int, workers: list[
     return record
 
 
-def _chunk_steps(step: int, every_steps: int, max_steps: int) -> int | None:
-    """Optimiser steps in the next chunk of an epoch: up to the next multiple of every_steps and at most to
-    max_steps (None: the rest of the epoch)."""
-    ends = [s for s in ((step // every_steps + 1) * every_steps if every_steps else 0, max_steps) if s > 0]
+def _chunk_steps(step: int, every_steps: int, max_steps: int, check_steps: int = 0) -> int | None:
+    """Optimiser steps in the next chunk of an epoch: up to the next multiple of every_steps (a checkpoint) or
+    of check_steps (a preemption check), and at most to max_steps (None: the rest of the epoch)."""
+    ends = [(step // n + 1) * n for n in (every_steps, check_steps) if n] + ([max_steps] if max_steps else [])
     return min(ends) - step if ends else None
 
 
