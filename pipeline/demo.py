@@ -78,13 +78,8 @@ def run_demo(out_dir: str | os.PathLike = "outputs/demo", *, shuffle_frames: boo
           f"{len(report['per_class'])} classes (chance {1 / len(report['per_class']):.0%})")
     print(f"[demo] wall time {wall / 60:.1f} min (data {t_data:.0f}s, training {t_train:.0f}s, "
           f"evaluation {wall - t_data - t_train:.0f}s)")
-    print(f"[demo] checkpoint        {checkpoint}")
+    # The run's checkpoint, W&B run and its `wandb sync` command are in result.describe() above.
     print(f"[demo] evaluation report {report['out_dir']}  (report.json, predictions.parquet, confusion.png)")
-    if result.wandb_runs:
-        from pipeline.training.tracking import sync_command
-
-        print(f"[demo] W&B offline run   {result.wandb_dir}")
-        print(f"[demo] upload it with:   {sync_command(result.wandb_runs)}")
     if shuffle_frames:
         print("[demo] temporal control: frames were shuffled in time; accuracy near chance is the expected result")
         return 0

@@ -1,7 +1,9 @@
 """Elastic training on a real two-node local Ray cluster (issue 15): a run with scaling.num_workers [1, 2] starts on
 both nodes, loses the second node mid-epoch (its `ray start` is terminated, as a spot reclaim does), continues on
 one worker from the last mid-epoch checkpoint, grows back to two workers when the node is started again, and
-finishes.
+finishes. It is also the suite's test of a training job submitted with `ray job submit` to a multi-node cluster
+with token authentication: the first group has one worker on each node, the per-epoch line reaches the job's log,
+and the checkpoints and the W&B offline run land where the job was asked to write them.
 
 Determinism without sleeps as synchronisation: a batch hook (defined in the job's entrypoint) holds the workers of
 a group at a known point once that group has written a known checkpoint (`epoch_0001-step_0000002` for the first
@@ -31,17 +33,12 @@ import yaml
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.optim import Schedule, lr_at
 from pipeline.training.tracking import find_offline_runs, read_offline_run
-from test_cluster import RAY, ROOT, LocalCluster, _free_ports, _node_ports
+from cluster_helpers import EXCLUDES, RAY, ROOT, LocalCluster, free_ports, node_ports
 from train_helpers import TINY_TRAIN, tiny_config, tiny_dataset, registered_checkpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 STEPS_PER_EPOCH, EPOCHS = 3, 3
-# Anchored at the repository root: Ray's unanchored "data" would also drop pipeline/data from the upload, and the
-# job would silently import another copy of it (the venv's editable install).
-EXCLUDES = ["/.git", "/.venv", "/outputs", "/data", "/tests", "/docs", "/benchmarks", "/.ci", "*.egg-info", "wandb",
-            "__pycache__", ".pytest_cache"]
-
 ENTRYPOINT = '''
 import functools, json, sys, time
 from pathlib import Path
@@ -130,6 +127,8 @@ def test_elastic_run_shrinks_and_grows_back(tiny_data, tmp_path):
     job = None
     try:
         cluster.start()
+        nodes = cluster.node_ids()
+        assert len(nodes) == 2
         runtime_env = {"excludes": EXCLUDES, "env_vars": {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}}
         job = subprocess.Popen(
             [RAY, "job", "submit", f"--address={cluster.dashboard}",
@@ -140,6 +139,9 @@ def test_elastic_run_shrinks_and_grows_back(tiny_data, tmp_path):
         # 1. Two workers wrote a mid-epoch checkpoint: the second node leaves (SIGTERM, as on a spot reclaim).
         _wait_for(run_dir / "epoch_0001-step_0000002" / "workers.json", job, 900)
         _wait_for_file(storage / "held-2", job, 900)  # held after training step 3 (not checkpointed)
+        # The first group: one training worker on each node (the job was placed across the cluster).
+        first = json.loads((run_dir / "epoch_0001-step_0000002" / "workers.json").read_text())
+        assert [w["rank"] for w in first] == [0, 1] and {w["node_id"] for w in first} == nodes
         second = cluster.procs[1]
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(timeout=120)
@@ -149,7 +151,7 @@ def test_elastic_run_shrinks_and_grows_back(tiny_data, tmp_path):
         cluster._spawn("worker-again", [RAY, "start", f"--address=127.0.0.1:{cluster.gcs_port}",
                                         "--node-ip-address=127.0.0.1", "--num-cpus=3",
                                         '--resources={"trainer_slot": 1, "second_node": 1}',
-                                        *_node_ports(_free_ports(6)), "--block", "--disable-usage-stats",
+                                        *node_ports(free_ports(6)), "--block", "--disable-usage-stats",
                                         f"--object-store-memory={200 * 2**20}"])
         # 3. The group grows back to two workers and the run finishes.
         assert job.wait(timeout=1200) == 0, (tmp_path / "job.log").read_text()[-5000:]

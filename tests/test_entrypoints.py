@@ -2,13 +2,14 @@
 authentication, the jobs submitted with `ray job submit --working-dir .`, and a local `eco` command beside the
 running cluster.
 
+- jobs/train.py trains (2 Ray Train workers, one epoch): the job succeeds, its per-epoch line is in the job's log,
+  and the checkpoint and the W&B offline run land where the recipe said (absolute paths);
 - jobs/train.py with a relative `checkpoint.storage_path` is refused before any work, naming the key;
-- jobs/predict.py --manifest and jobs/evaluate.py succeed and write where they were asked;
+- jobs/predict.py --manifest and jobs/evaluate.py on that checkpoint succeed and write where they were asked;
 - `eco predict --manifest` from a shell joins the running cluster (found through Ray's bootstrap file, without
   resource arguments) and succeeds.
 
-The checkpoint is built directly (an untrained tiny ECO-Lite): these tests are about the entrypoints, not
-training, which tests/test_cluster.py and tests/test_train.py cover.
+A training job across two nodes is tests/test_cluster_elastic.py's; training itself is tests/test_train.py's.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ import yaml
 
 from pipeline.data.manifest import read_manifest
 from pipeline.inference.batch import read_predictions
-from pipeline.model import eco_lite
-from pipeline.training import checkpoint as ckpt
-from test_cluster import EXCLUDES, RAY, ROOT, LocalCluster, _node_ports
-from train_helpers import TINY_CLASSES, TINY_VAL, tiny_config, tiny_dataset
+from pipeline.training.checkpoint import load_checkpoint
+from pipeline.training.tracking import find_offline_runs, read_offline_run
+from cluster_helpers import EXCLUDES, RAY, ROOT, LocalCluster, node_ports
+from train_helpers import TINY_VAL, tiny_config, tiny_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -50,7 +51,7 @@ class HeadNode(LocalCluster):
                              "--node-ip-address=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
                              "--dashboard-host=127.0.0.1", "--include-dashboard=true",
                              f"--ray-client-server-port={self.client_port}", f"--temp-dir={self.temp_dir}",
-                             "--num-cpus=6", *_node_ports(self.ports[0])])
+                             "--num-cpus=6", *node_ports(self.ports[0])])
         self._wait_for_nodes(1)
 
     def stop(self) -> None:
@@ -66,20 +67,17 @@ def setup(tmp_path_factory):
     if ray.is_initialized():  # the dataset's probe may have started a local instance: free its CPUs
         ray.shutdown()
     work = tmp_path_factory.mktemp("entry")
-    # An untrained checkpoint with the tiny recipe's config and labels.
     cfg = tiny_config(data, work / "runs", "tiny-entry")
-    model = eco_lite(num_classes=TINY_CLASSES, num_segments=cfg.model.num_segments, dropout=cfg.model.dropout)
-    labels = json.loads((data / "labels.json").read_text())
-    state = ckpt.build_state(model, None, epoch=1, step=3, config=cfg.to_dict(), label_names=labels, data_seed=0,
-                             metrics={})
-    checkpoint = ckpt.save_checkpoint(work / "checkpoint", state)
     recipe = work / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(cfg.to_dict()))
 
     cluster = HeadNode(work)
     try:
         cluster.start()
-        yield {"data": data, "work": work, "checkpoint": checkpoint, "recipe": recipe, "cluster": cluster}
+        # The checkpoint every other entrypoint uses comes from the training job itself.
+        trained = _submit(cluster, "jobs/train.py", "--config", str(recipe))
+        yield {"data": data, "work": work, "recipe": recipe, "cluster": cluster, "trained": trained,
+               "run_dir": work / "runs" / "tiny-entry", "checkpoint": work / "runs" / "tiny-entry" / "epoch_0001"}
     finally:
         cluster.stop()
 
@@ -98,6 +96,18 @@ def _submit(cluster: LocalCluster, *args: str) -> tuple[str, str]:
     text = (status.stdout + status.stderr).lower()
     state = next((s for s in ("succeeded", "failed", "stopped") if s in text), text)
     return state, submit.stdout + submit.stderr
+
+
+def test_train_job_writes_its_checkpoint_and_wandb_run_where_asked(setup):
+    state, logs = setup["trained"]
+    assert state == "succeeded", logs[-5000:]
+    assert "epoch   1/1" in logs  # the per-epoch line reached the job's log
+    assert "Ray: joined the cluster" in logs  # the job's driver joined the cluster, not a private instance
+    saved = load_checkpoint(setup["checkpoint"])
+    assert (saved["epoch"], saved["step"]) == (1, 3)
+    assert [w["rank"] for w in json.loads((setup["checkpoint"] / "workers.json").read_text())] == [0, 1]
+    runs = find_offline_runs(setup["run_dir"])
+    assert len(runs) == 1 and read_offline_run(runs[0]).values("epoch/step") == [3]
 
 
 def test_train_job_refuses_a_relative_storage_path_by_name(setup):
