@@ -29,7 +29,7 @@ OBJECT_STORE_BYTES = 200 * 2**20
 
 
 def free_ports(n: int) -> list[int]:
-    """`n` distinct TCP ports that are free now, chosen BELOW the kernel's ephemeral range.
+    """`n` distinct TCP ports that are free now, chosen between Ray's worker ports and the kernel's ephemeral range.
 
     The ports go to `ray start` processes, so no socket can be held open for them. Binding port 0 and closing it
     (the usual trick) hands out an ephemeral port that the kernel may give to the very next bind(0) or outgoing
@@ -42,7 +42,9 @@ def free_ports(n: int) -> list[int]:
             ephemeral_low = int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         ephemeral_low = 32768  # Linux's default
-    low = 10000
+    # Above Ray's default worker-port range (10002-19999): a node started with one of those for another component
+    # refuses to start ("port ... is used by other components").
+    low = 20000
     span = max(ephemeral_low - low, n)
     start = low + int.from_bytes(os.urandom(4), "little") % span
     ports: list[int] = []
