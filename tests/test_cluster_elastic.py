@@ -171,13 +171,18 @@ def test_elastic_run_shrinks_and_grows_back(tiny_data, tmp_path):
     assert [(h["step"], h["steps_redone"]) for h in history] == [(0, 0), (2, 1), (4, 0)]
     assert "world 2 (restarts 2, steps redone 1)" in log_text  # the per-epoch line
 
+    # One offline-run folder per worker group, all one W&B run. The node is stopped with its whole process group
+    # (no drain, no notice): when rank 0 of the first group ran there, its wandb-core died before writing, and
+    # that folder has no records; the checkpoints' history above is the full record.
     runs = [read_offline_run(p) for p in find_offline_runs(run_dir)]
-    assert [r.values("elastic/world_size")[0] for r in runs] == [2, 1, 2]
+    runs = [r for r in runs if r.values("elastic/world_size")]
+    assert [r.values("elastic/world_size")[0] for r in runs] in ([2, 1, 2], [1, 2])
+    assert len({r.run_id for r in runs}) == 1
     # Step and learning rate continuous: each group's logged steps go on from the step it restored, one by one, and
     # every logged step has the lr of the schedule at that step. (A group torn down with its node loses the W&B
     # records it had not flushed yet, so the first group's tail is not asserted here: the history above is.)
     schedule = Schedule(**{**final["schedule"], "milestones": tuple(final["schedule"]["milestones"])})
-    for run, group, end in zip(runs[1:], history[1:], (5 - 1, EPOCHS * STEPS_PER_EPOCH)):
+    for run, group, end in zip(runs[-2:], history[1:], (5 - 1, EPOCHS * STEPS_PER_EPOCH)):
         logged = [(int(row["train/step"]), row["train/lr"]) for row in run.history if "train/lr" in row]
         steps = [s for s, _ in logged]
         # One by one up to the group's end. A redone step that the lost group had already written to W&B is not

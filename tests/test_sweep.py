@@ -202,7 +202,9 @@ def test_sweep_asha_over_ray_train_then_resume(tiny_data, tmp_path):
         # busy machine's memory monitor killed and Ray Train restarted) leaves an offline run without any; every
         # run with records is the trial's one W&B run, in the sweep's group.
         recorded = [run for run in logged if run.run_id]
-        assert recorded, runs[t.trial]
+        if not recorded:
+            assert t.stopped_early, runs[t.trial]  # a completed trial's run has its records
+            continue
         assert {(run.group, run.run_id) for run in recorded} == {("lr-sweep", recorded[0].run_id)}
         assert all("sweep:lr-sweep" in run.tags for run in recorded)
         assert recorded[0].config["optim"]["lr"] == t.overrides["optim.lr"]

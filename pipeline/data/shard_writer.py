@@ -92,6 +92,12 @@ class ShardSummary:
         return "\n".join(lines)
 
 
+def _fs_join(base: str, name: str) -> str:
+    """A path inside a pyarrow filesystem (`resolve`'s second value: "bucket/prefix" for S3, no scheme). Not
+    storage.join, which would read a scheme-less "bucket/prefix" as a relative local path and make it absolute."""
+    return base.rstrip("/") + "/" + name
+
+
 class _ShardWriter:
     """Writes videos into size-bounded shard files named <prefix>-<n>.<ext> under `out_dir`."""
 
@@ -108,7 +114,7 @@ class _ShardWriter:
     def _open(self) -> None:
         self.number += 1
         self.name = f"{self.prefix}-{self.number:04d}{FORMATS[self.fmt]}"
-        self.stream = self.fs.open_output_stream(storage.join(self.out_dir, self.name))
+        self.stream = self.fs.open_output_stream(_fs_join(self.out_dir, self.name))
         if self.fmt == "arrow":
             self.writer = ipc.new_file(self.stream, FRAME_SCHEMA)
         else:
@@ -122,7 +128,7 @@ class _ShardWriter:
         if self.writer is not None:
             self.writer.close()
             self.stream.close()
-            self.closed_sizes[self.name] = self.fs.get_file_info(storage.join(self.out_dir, self.name)).size
+            self.closed_sizes[self.name] = self.fs.get_file_info(_fs_join(self.out_dir, self.name)).size
             self.writer = None
 
     def add(self, video_id: str, frame_index: np.ndarray, jpegs: list[bytes]) -> tuple[str, int]:
@@ -263,12 +269,12 @@ def write_shards(manifest: str | Path, out_dir: str | Path, *, short_side: int =
     failures = [f for res in results for f in res["failures"]]
     sizes = {name: size for res in results for name, size in res["shard_sizes"].items()}
     shard_table = _shard_manifest_table(out_rows)
-    with fs.open_output_stream(storage.join(base, "manifest.parquet")) as f:
+    with fs.open_output_stream(_fs_join(base, "manifest.parquet")) as f:
         pq.write_table(shard_table, f)
     quarantine = pa.table({"path": pa.array([f["path"] for f in failures], pa.string()),
                            "reason": pa.array([f["reason"] for f in failures], pa.string()),
                            "detail": pa.array([f["detail"] for f in failures], pa.string())})
-    with fs.open_output_stream(storage.join(base, "quarantine.parquet")) as f:
+    with fs.open_output_stream(_fs_join(base, "quarantine.parquet")) as f:
         pq.write_table(quarantine, f)
     _copy_labels(manifest, out)
 
@@ -282,7 +288,7 @@ def write_shards(manifest: str | Path, out_dir: str | Path, *, short_side: int =
         short_side=short_side, fps=fps, quality=quality, max_shard_bytes=max_shard_bytes,
         largest_shard_bytes=max(sizes.values(), default=0), seconds=time.perf_counter() - start,
         failures_by_reason=reasons)
-    with fs.open_output_stream(storage.join(base, "summary.json")) as f:
+    with fs.open_output_stream(_fs_join(base, "summary.json")) as f:
         f.write(json.dumps(summary.to_dict(), indent=2).encode())
     log.info("frame shards: %d videos -> %d shards, %.2fx the source bytes", summary.videos, summary.shards,
              summary.storage_ratio)
