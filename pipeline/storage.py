@@ -105,7 +105,9 @@ def listdir(path: str | os.PathLike) -> list[str]:
 def read_bytes(path: str | os.PathLike) -> bytes:
     fs, p = resolve(path)
     try:
-        with fs.open_input_stream(p) as f:
+        # A random-access file reads its known size in one request. An input stream's read() of unknown length
+        # grows its buffer in ranged requests: a 150 MB checkpoint took 70 s from a local S3 server, against 0.5 s.
+        with fs.open_input_file(p) as f:
             return f.read()
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{path}: file not found") from e

@@ -106,10 +106,8 @@ def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
 
 def read_text(path: str) -> str:
     """A UTF-8 text file (a BOM is dropped), local or a URI; ManifestError names a missing or non-text file."""
-    fs, p = resolve(path)
     try:
-        with fs.open_input_stream(p) as f:
-            return f.read().decode("utf-8-sig")
+        return storage.read_bytes(path).decode("utf-8-sig")
     except FileNotFoundError as e:
         raise ManifestError(f"{path}: file not found") from e
     except UnicodeDecodeError as e:
