@@ -179,6 +179,12 @@ class ScalingConfig:
     # while training is healthy (ScalingConfig.elastic_resize_monitor_interval_s). Growing restarts the group
     # from the latest checkpoint, so each check that resizes costs the steps since it (checkpoint.every_steps).
     elastic_resize_monitor_interval_s: float = 60.0
+    # Seconds a new worker group waits for its resources before Ray Train's controller gives up and decides again
+    # (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S; None: Ray's 60 s). Elastic runs: right after a node is lost, Ray's
+    # view of the cluster can still count the node's resources, so the controller first asks for the old size and
+    # waits this long before it starts with the workers that remain. A timed-out start is retried, not counted as a
+    # failure, so spot recipes use ~15 s (measured: tests/test_cluster_elastic.py spent the whole 60 s there).
+    worker_group_start_timeout_s: float | None = None
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     # Extra custom resources per training worker (e.g. {"gpu_node": 0.01}).
@@ -210,6 +216,8 @@ class ScalingConfig:
             _check(n >= 1, "scaling.num_workers", "must be >= 1")
         _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
         _check(self.elastic_resize_monitor_interval_s >= 0, "scaling.elastic_resize_monitor_interval_s", "must be >= 0")
+        _check(self.worker_group_start_timeout_s is None or self.worker_group_start_timeout_s > 0,
+               "scaling.worker_group_start_timeout_s", "must be > 0 (or null: Ray's default)")
 
 
 @dataclass(frozen=True)

@@ -38,28 +38,6 @@ def tiny_data(ray_session, tmp_path_factory):
     return tiny_dataset(tmp_path_factory)
 
 
-def test_resident_batches_rank0_bn_statistics_and_rank_seeds(tiny_data, tmp_path):
-    cfg = tiny_config(tiny_data, tmp_path / "runs", "tiny-resident", "wandb.log_sample_clips=3")
-    result = train(cfg, batch_hook=resident_batch)
-    state = load_checkpoint(result.latest_checkpoint)
-    m = state["metrics"]
-    assert m["epoch_complete"] == 1.0 and state["epoch"] == 1
-
-    # The sample clips were copied off the (emulated) device and logged.
-    run = read_offline_run(find_offline_runs(wandb_dir(cfg))[-1])
-    assert any(k.startswith("val/sample_clips") for row in run.history for k in row)
-
-    # Both ranks scored the validation clips with the checkpoint's statistics: same loss as one process.
-    report = evaluate(result.latest_checkpoint, tiny_data, out_dir=tmp_path / "eval")
-    assert report["videos"] == TINY_VAL and report["views"] == TINY_VAL
-    assert report["model_actors"] == "1 CPU"  # scored on a Ray Data model actor, not on the driver
-    assert report["loss"] == pytest.approx(m["val_loss"], rel=1e-4, abs=1e-6)
-    assert report["top1"] == pytest.approx(m["val_top1"])
-
-    workers = json.loads(Path(result.latest_checkpoint, "workers.json").read_text())
-    assert [w["torch_seed"] for w in workers] == [rank_seed(cfg.train.seed, 0), rank_seed(cfg.train.seed, 1)]
-
-
 def test_amp_channels_last_compile_partial_bn_through_the_worker(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, tmp_path / "runs", "tiny-compiled", "scaling.num_workers=1", "train.batch_size=4",
                       "train.amp=true", "train.channels_last=true", "train.compile=true",
@@ -90,17 +68,35 @@ def test_amp_channels_last_compile_partial_bn_through_the_worker(tiny_data, tmp_
     assert report["loss"] == pytest.approx(m["val_loss"], rel=0.05)
 
 
-def test_partial_epoch_resume_and_best_val(tiny_data, tmp_path):
-    cfg = tiny_config(tiny_data, tmp_path / "runs", "tiny-partial", "train.max_steps=2")
-    first = train(cfg)
+def test_resident_batches_bn_statistics_rank_seeds_partial_epoch_resume(tiny_data, tmp_path):
+    # One run for the residency guard, rank 0's BN statistics, rank seeds and the partial epoch (each Ray Train run
+    # costs ~40 s of start-up on 2 cores).
+    cfg = tiny_config(tiny_data, tmp_path / "runs", "tiny-partial", "train.max_steps=2", "wandb.log_sample_clips=3")
+    first = train(cfg, batch_hook=resident_batch)
     state = load_checkpoint(first.latest_checkpoint)
+    m = state["metrics"]
     # Stopped after 2 of the epoch's 3 steps: not a complete epoch.
-    assert (state["epoch"], state["step"], state["metrics"]["epoch_complete"]) == (0, 2, 0.0)
+    assert (state["epoch"], state["step"], m["epoch_complete"]) == (0, 2, 0.0)
     # 2 steps x 2 ranks x 2 clips: 8 of the 12 training clips, recorded as the epoch's data position.
     assert (state["data_position"]["epoch"], state["data_position"]["rows_trained"]) == (0, 8)
     assert Path(first.latest_checkpoint).name == "epoch_0001-step_0000002"
-    stopped_val = state["metrics"]["val_top1"]
+    stopped_val = m["val_top1"]
 
+    # Batches on an (emulated) accelerator: the sample clips were copied off the device and logged.
+    run = read_offline_run(find_offline_runs(wandb_dir(cfg))[-1])
+    assert any(k.startswith("val/sample_clips") for row in run.history for k in row)
+
+    # Both ranks scored the validation clips with the checkpoint's statistics: same loss as one process.
+    report = evaluate(first.latest_checkpoint, tiny_data, out_dir=tmp_path / "eval")
+    assert report["videos"] == TINY_VAL and report["views"] == TINY_VAL
+    assert report["model_actors"] == "1 CPU"  # scored on a Ray Data model actor, not on the driver
+    assert report["loss"] == pytest.approx(m["val_loss"], rel=1e-4, abs=1e-6)
+    assert report["top1"] == pytest.approx(m["val_top1"])
+
+    workers = json.loads(Path(first.latest_checkpoint, "workers.json").read_text())
+    assert [w["torch_seed"] for w in workers] == [rank_seed(cfg.train.seed, 0), rank_seed(cfg.train.seed, 1)]
+
+    # The resume (no batch hook): epoch 1's remaining clips, then epoch 2.
     second = train(cfg.replace({"train.max_steps": 0, "train.epochs": 2}))
     resumed = load_checkpoint(second.latest_checkpoint)
     # Epoch 1 went on with its 4 clips not yet trained on (1 step), then epoch 2 (3 steps).

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -71,6 +72,10 @@ class Sizes:
 # keeps the writes a modest share of a 2-core run.
 FULL = Sizes(videos_per_class=48, epochs=8, every_steps=6)   # 96 train / 96 val clips, 12 steps per epoch
 QUICK = Sizes(videos_per_class=24, epochs=4, every_steps=3)  # 48 / 48, 6 steps per epoch
+# `--demo`: the `make demo` recipe and data (jobs/configs/synthetic_demo.yaml: 96 px crops of 128 px videos, 180
+# train / 60 val clips, 20 epochs of 23 steps, ~98 % top-1): the accuracy comparison at an accuracy that means
+# something (the small sizes above stay near chance in a few minutes of training). ~30 min per pair on 2 idle cores.
+DEMO = Sizes(videos_per_class=60, epochs=20, every_steps=12)
 
 
 def stamp_batch(events: str, batch: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +114,7 @@ def _workers(checkpoint_dir: Path) -> int:
         return 0
 
 
-def _config(data: Path, storage: Path, name: str, sizes: Sizes, num_workers: str):
+def _config(data: Path, storage: Path, name: str, sizes: Sizes, num_workers: str, seed: int = 0):
     from pipeline.config import load_config
 
     return load_config(None, [
@@ -121,15 +126,36 @@ def _config(data: Path, storage: Path, name: str, sizes: Sizes, num_workers: str
         "data.decode_cpus=0.5", "data.decode_resources={head_node: 0.01}",
         f"optim.lr={sizes.lr}", "optim.base_batch_size=8", "optim.schedule=cosine", "optim.warmup_epochs=1.0",
         f"train.epochs={sizes.epochs}", f"train.batch_size={sizes.batch}", f"train.eval_every_epochs={sizes.epochs}",
-        "train.eval_batch_size=16", "train.log_every_steps=1", "train.seed=0", "train.amp=false",
+        "train.eval_batch_size=16", "train.log_every_steps=1", f"train.seed={seed}", "train.amp=false",
         "train.channels_last=false",
         f"scaling.num_workers={num_workers}", "scaling.resources_per_worker={trainer_slot: 1}",
         f"scaling.elastic_resize_monitor_interval_s={sizes.resize_interval_s}",
+        "scaling.worker_group_start_timeout_s=15",
         f"checkpoint.storage_path={storage}", f"checkpoint.run_name={name}", "checkpoint.max_failures=3",
         f"checkpoint.every_steps={sizes.every_steps}", "checkpoint.num_to_keep=2",
         # Ask Ray Train for a preemption notice after every step: the SIGTERM below drains the node first.
         "checkpoint.preemption_check_steps=1",
         "wandb.mode=offline", "wandb.log_sample_clips=0",
+    ])
+
+
+def _demo_config(data: Path, storage: Path, name: str, sizes: Sizes, num_workers: str, seed: int):
+    """The demo recipe as `make demo` runs it, on the two-node cluster: only placement, checkpoints and the
+    elastic range differ."""
+    from pipeline.config import load_config
+    from pipeline.demo import RECIPE
+
+    return load_config(RECIPE, [
+        f"data.manifest={data}", f"train.seed={seed}", f"train.epochs={sizes.epochs}", f"optim.lr={sizes.lr}",
+        f"train.eval_every_epochs={sizes.epochs}", "wandb.log_sample_clips=0",
+        # Decoding on the head node (2 datasets x 2 tasks x 0.5 CPU + its trainer = its 3 CPUs).
+        "data.decode_resources={head_node: 0.01}",
+        f"scaling.num_workers={num_workers}", "scaling.resources_per_worker={trainer_slot: 1}",
+        f"scaling.elastic_resize_monitor_interval_s={sizes.resize_interval_s}",
+        "scaling.worker_group_start_timeout_s=15",
+        f"checkpoint.storage_path={storage}", f"checkpoint.run_name={name}", "checkpoint.max_failures=3",
+        f"checkpoint.every_steps={sizes.every_steps}", "checkpoint.num_to_keep=2",
+        "checkpoint.preemption_check_steps=1",
     ])
 
 
@@ -184,8 +210,6 @@ def _preemption_checkpoints(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def _run(cfg, events: Path) -> tuple[Any, float]:
-    import functools
-
     from pipeline.training.run import train
 
     t0 = time.perf_counter()
@@ -205,13 +229,26 @@ def _prepare_data(out: Path, sizes: Sizes) -> Path:
     return out
 
 
-def measure(work_dir: str | Path | None = None, *, quick: bool = False, epochs: int | None = None,
-            videos_per_class: int | None = None, lr: float | None = None) -> dict[str, Any]:
-    """Both runs and the figures; `epochs`, `videos_per_class` and `lr` override the sizes (longer runs for an
-    accuracy comparison away from chance, docs/benchmarks.md section 6)."""
+def _prepare_demo_data(out: Path, sizes: Sizes) -> Path:
+    """The demo's dataset, as `make demo` writes it (pipeline.demo; DEMO.videos_per_class is the demo's)."""
+    from pipeline import demo
+    from pipeline.data.synthetic import make_synthetic
+
+    if not (out / "manifest.parquet").is_file():
+        make_synthetic(out, classes=demo.CLASSES, videos_per_class=sizes.videos_per_class, size=demo.VIDEO_SIZE,
+                       frames=demo.VIDEO_FRAMES, seed=0)
+    return out
+
+
+def measure(work_dir: str | Path | None = None, *, quick: bool = False, demo: bool = False, seed: int = 0,
+            epochs: int | None = None, videos_per_class: int | None = None,
+            lr: float | None = None) -> dict[str, Any]:
+    """Both runs and the figures; `demo` runs the `make demo` recipe and data instead of the small sizes, `seed`
+    is both runs' train.seed, and `epochs`, `videos_per_class` and `lr` override the sizes (docs/benchmarks.md
+    section 6)."""
     from pipeline.bench._cluster import LocalCluster
 
-    sizes = QUICK if quick else FULL
+    sizes = DEMO if demo else QUICK if quick else FULL
     sizes = dataclasses.replace(sizes, **{k: v for k, v in (("epochs", epochs), ("videos_per_class", videos_per_class),
                                                             ("lr", lr)) if v is not None})
     work = Path(work_dir or tempfile.mkdtemp(prefix="eco-bench-elastic-")).absolute()
@@ -235,18 +272,20 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False, epochs: 
         ray.init(address=cluster.address, logging_level="warning", log_to_driver=False, runtime_env={
             "working_dir": str(ROOT), "excludes": EXCLUDES,
             "env_vars": {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "RAY_ADDRESS": cluster.address}})
-        data = _prepare_data(work / "data", sizes)
+        data = (_prepare_demo_data(work / f"demo-data-{sizes.videos_per_class}", sizes) if demo
+                else _prepare_data(work / "data", sizes))
+        config = functools.partial(_demo_config if demo else _config, seed=seed)
         num_train = read_manifest(str(data), "train").num_rows
         num_val = read_manifest(str(data), "val").num_rows
         steps_per_epoch = -(-num_train // (2 * sizes.batch))
 
-        fixed_cfg = _config(data, storage, f"fixed-{stamp}", sizes, "2")
+        fixed_cfg = config(data, storage, f"fixed-{stamp}", sizes, "2")
         fixed_events = work / f"fixed-{stamp}.events"
         log.info("fixed run (2 workers): %d epochs of %d steps", sizes.epochs, steps_per_epoch)
         fixed, fixed_wall = _run(fixed_cfg, fixed_events)
         log.info("fixed run done in %.0f s, val top-1 %.1f%%", fixed_wall, 100 * fixed.metrics["val_top1"])
 
-        elastic_cfg = _config(data, storage, f"elastic-{stamp}", sizes, "[1, 2]")
+        elastic_cfg = config(data, storage, f"elastic-{stamp}", sizes, "[1, 2]")
         elastic_events = work / f"elastic-{stamp}.events"
         preemptor = _Preemptor(cluster, storage / f"elastic-{stamp}", elastic_events, sizes, steps_per_epoch)
         log.info("elastic run ([1, 2] workers): the worker node leaves in epoch %d", KILL_EPOCH)
@@ -277,8 +316,11 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False, epochs: 
     p = float(fixed.metrics["val_top1"])
     notices = _preemption_checkpoints(Path(elastic.run_dir))
     return {
-        "setup": {"task": f"synthetic direction of motion, {sizes.classes} classes, 64 px, 16 frames",
-                  "model": "ECO-Lite 4 segments at 64 px", "train_clips": num_train, "val_clips": num_val,
+        "setup": {"recipe": "make demo (jobs/configs/synthetic_demo.yaml)" if demo else "small", "seed": seed,
+                  "task": f"synthetic direction of motion, {sizes.classes} classes, "
+                          f"{'128 px, 32 frames' if demo else '64 px, 16 frames'}",
+                  "model": f"ECO-{fixed_cfg.model.variant.capitalize()} {fixed_cfg.model.num_segments} segments at "
+                           f"{fixed_cfg.data.crop_size} px", "train_clips": num_train, "val_clips": num_val,
                   "epochs": sizes.epochs, "steps_per_epoch": steps_per_epoch, "global_batch": 2 * sizes.batch,
                   "every_steps": sizes.every_steps, "resize_interval_s": sizes.resize_interval_s,
                   "node_loss_epoch": KILL_EPOCH, "cpus": os.cpu_count()},
@@ -311,7 +353,8 @@ def format_results(res: dict[str, Any]) -> str:
     within = abs(diff) <= res["tolerance"]
     redone = ", ".join(f"{g['steps_redone']} at the {g['cause'].split(' (')[0]}" for g in e["groups"][1:])
     return "\n".join([
-        f"elastic training on a 2-node local cluster: {s['model']}, {s['train_clips']} training / {s['val_clips']} "
+        f"elastic training on a 2-node local cluster, {s.get('recipe', 'small')} recipe, seed {s.get('seed', 0)}: "
+        f"{s['model']}, {s['train_clips']} training / {s['val_clips']} "
         f"validation clips, {s['epochs']} epochs x {s['steps_per_epoch']} steps (global batch {s['global_batch']}), "
         f"checkpoint every {s['every_steps']} steps, resize check every {s['resize_interval_s']:g} s",
         f"{'':34}{'fixed [2]':>12}{'elastic [1,2]':>15}   vs fixed (baseline)",
@@ -335,6 +378,7 @@ def format_results(res: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     out = getattr(args, "out", None)
     res = measure(Path(out) / "work" if out else None, quick=bool(getattr(args, "quick", False)),
+                  demo=bool(getattr(args, "demo", False)), seed=getattr(args, "seed", None) or 0,
                   epochs=getattr(args, "epochs", None), videos_per_class=getattr(args, "videos_per_class", None),
                   lr=getattr(args, "lr", None))
     print(format_results(res))
@@ -348,6 +392,9 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=None)
+    p.add_argument("--demo", action="store_true",
+                   help="the make demo recipe and data (~98%% top-1; ~30 min per pair of runs on 2 cores)")
+    p.add_argument("--seed", type=int, default=0, help="train.seed of both runs")
     p.add_argument("--epochs", type=int, default=None, help=f"epochs of both runs (default {FULL.epochs})")
     p.add_argument("--videos-per-class", type=int, default=None,
                    help=f"synthetic videos per class, half of them for validation (default {FULL.videos_per_class})")

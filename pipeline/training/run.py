@@ -9,6 +9,7 @@ checkpoint, and `FailureConfig` restarts the worker group from it after a worker
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -198,7 +199,8 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
         datasets=datasets,
         dataset_config=_ExactEvalDataConfig(eval_datasets=["val"]),
     )
-    result = trainer.fit()
+    with _controller_env(cfg):
+        result = trainer.fit()
     best = max(result.best_checkpoints or [], key=lambda cm: cm[1].get(SCORE, -1.0), default=None)
     runs = tracking.recorded_runs(cfg) if cfg.wandb.enabled and cfg.wandb.mode == "offline" else []
     hosts = {r.get("host") for r in runs} - {socket.gethostname()}
@@ -212,6 +214,23 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
         wandb_runs=[r["dir"] for r in runs],
         wandb_host=", ".join(sorted(h for h in hosts if h)) or None,
     )
+
+
+@contextlib.contextmanager
+def _controller_env(cfg: Config):
+    """Ray Train V2 settings that are environment variables, for this fit only: Ray Train forwards them from the
+    driver to its controller and workers (ray.train.v2._internal.constants.ENV_VARS_TO_PROPAGATE)."""
+    values = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": cfg.scaling.worker_group_start_timeout_s}
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: f"{v:g}" for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _uri(storage_path: str, path: str) -> str:
