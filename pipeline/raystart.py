@@ -198,8 +198,9 @@ def quiet_ray_process() -> None:
 
     # Ray's State API client finds its cluster through RAY_ADDRESS or, without it, by looking for running instances
     # on this machine; where there are several (a cluster and this local instance), the PlacementGroupCleaner's
-    # monitor thread dies with a traceback. Name this instance.
-    if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+    # monitor thread dies with a traceback. Name this instance (also in place of RAY_ADDRESS=local, inherited from
+    # a driver that asked for a private instance: "local" is a search too).
+    if ray.is_initialized() and os.environ.get("RAY_ADDRESS", "local") in ("", "local"):
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     warnings.filterwarnings("ignore", message=r".*exclude_resources.*deprecated")
     for name, prefix in _REPEATED_WARNINGS.items():

@@ -7,8 +7,9 @@
 - Ranks draw from distinct, reproducible torch seeds.
 - bf16 autocast + channels_last + torch.compile (aot_eager) + partial BN train through the worker, and the compiled
   bf16 evaluation agrees with an fp32 eager evaluation of the saved checkpoint.
-- A max_steps stop inside an epoch records the epoch as incomplete with its data position; the resumed run trains
-  only that epoch's clips not yet trained on (issue 15), and the best validation top-1 survives the resume.
+- A max_steps stop inside an epoch records the epoch as incomplete with its data position; the resumed run (the same
+  run name submitted again) trains only that epoch's clips not yet trained on (issue 15), appends to the same W&B
+  run, and the best validation top-1 and the best checkpoint survive the resume.
 - `evaluate --clips 2 --crops 3` on Ray Data model actors aggregates exactly 6 views per video.
 """
 
@@ -107,6 +108,13 @@ def test_resident_batches_bn_statistics_rank_seeds_partial_epoch_resume(tiny_dat
     assert vals[0] == pytest.approx(stopped_val)
     assert resumed["metrics"]["best_val_top1"] == pytest.approx(max(vals))
     assert runs[-1].summary["best_val_top1"] == pytest.approx(max(vals))
+    # Submitting the same run name again is one W&B run: one offline folder per launch, the same run id (wandb sync
+    # appends), each step once.
+    assert len(runs) == 2 and runs[0].run_id == runs[1].run_id
+    assert (runs[0].values("train/step"), runs[1].values("train/step")) == ([1, 2], [3, 4, 5, 6])
+    # Keep-best + latest (checkpoint.num_to_keep=1): the latest is epoch 2; the best is the highest val_top1.
+    assert second.latest_checkpoint.endswith("epoch_0002")
+    assert load_checkpoint(second.best_checkpoint)["metrics"]["val_top1"] == pytest.approx(max(vals))
 
     # Multi-clip, multi-crop evaluation on the model actors: exactly 2 x 3 views per video, none twice.
     report = evaluate(second.latest_checkpoint, tiny_data, num_clips=2, crops=3, out_dir=tmp_path / "eval6")
