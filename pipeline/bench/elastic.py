@@ -165,7 +165,13 @@ class _Preemptor(threading.Thread):
     def __init__(self, cluster, run_dir: Path, events: Path, sizes: Sizes, steps_per_epoch: int):
         super().__init__(name="preemptor", daemon=True)
         self.cluster, self.run_dir, self.events, self.sizes = cluster, run_dir, events, sizes
-        self.checkpoint = f"epoch_{KILL_EPOCH:04d}-step_{(KILL_EPOCH - 1) * steps_per_epoch + sizes.every_steps:07d}"
+        # Mid-epoch checkpoints fall on multiples of every_steps of the run's step count: the first one inside
+        # KILL_EPOCH (whose steps are (KILL_EPOCH - 1) * steps_per_epoch + 1 ... KILL_EPOCH * steps_per_epoch).
+        first = ((KILL_EPOCH - 1) * steps_per_epoch // sizes.every_steps + 1) * sizes.every_steps
+        if first >= KILL_EPOCH * steps_per_epoch:
+            raise ValueError(f"no mid-epoch checkpoint inside epoch {KILL_EPOCH}: every_steps {sizes.every_steps} "
+                             f">= the {steps_per_epoch} steps of an epoch")
+        self.checkpoint = f"epoch_{KILL_EPOCH:04d}-step_{first:07d}"
         self.t_loss = self.t_return = None
         self.error: BaseException | None = None
         self.done = threading.Event()  # set by the driver when train() returns
@@ -209,6 +215,12 @@ def _preemption_checkpoints(run_dir: Path) -> list[tuple[int, float]]:
             for row in read_offline_run(path).history if row.get("elastic/preemption_checkpoint")]
 
 
+@dataclass(frozen=True)
+class _Recorded:
+    """A fixed run of an earlier invocation, as its record gives it (`--reuse-fixed`)."""
+    metrics: dict[str, float]
+
+
 def _run(cfg, events: Path) -> tuple[Any, float]:
     from pipeline.training.run import train
 
@@ -242,10 +254,11 @@ def _prepare_demo_data(out: Path, sizes: Sizes) -> Path:
 
 def measure(work_dir: str | Path | None = None, *, quick: bool = False, demo: bool = False, seed: int = 0,
             epochs: int | None = None, videos_per_class: int | None = None,
-            lr: float | None = None) -> dict[str, Any]:
+            lr: float | None = None, reuse_fixed: str | None = None) -> dict[str, Any]:
     """Both runs and the figures; `demo` runs the `make demo` recipe and data instead of the small sizes, `seed`
     is both runs' train.seed, and `epochs`, `videos_per_class` and `lr` override the sizes (docs/benchmarks.md
-    section 6)."""
+    section 6). `reuse_fixed`: the record (`fixed-<stamp>.json` in the work directory) of an earlier invocation's
+    fixed run with the same sizes and seed, to run only the elastic one (the demo recipe's pair takes ~45 min)."""
     from pipeline.bench._cluster import LocalCluster
 
     sizes = DEMO if demo else QUICK if quick else FULL
@@ -281,8 +294,19 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False, demo: bo
 
         fixed_cfg = config(data, storage, f"fixed-{stamp}", sizes, "2")
         fixed_events = work / f"fixed-{stamp}.events"
-        log.info("fixed run (2 workers): %d epochs of %d steps", sizes.epochs, steps_per_epoch)
-        fixed, fixed_wall = _run(fixed_cfg, fixed_events)
+        if reuse_fixed:
+            # The fixed run of an earlier invocation with the same sizes and seed (its record, written below).
+            record = json.loads(Path(reuse_fixed).read_text())
+            if (record["sizes"], record["seed"], record["demo"]) != (dataclasses.asdict(sizes), seed, demo):
+                raise ValueError(f"{reuse_fixed}: recorded for other sizes, seed or recipe")
+            fixed_events = Path(record["events"])
+            fixed, fixed_wall = _Recorded(record["metrics"]), record["wall_s"]
+        else:
+            log.info("fixed run (2 workers): %d epochs of %d steps", sizes.epochs, steps_per_epoch)
+            fixed, fixed_wall = _run(fixed_cfg, fixed_events)
+            (work / f"fixed-{stamp}.json").write_text(json.dumps({
+                "sizes": dataclasses.asdict(sizes), "seed": seed, "demo": demo, "events": str(fixed_events),
+                "wall_s": fixed_wall, "metrics": {k: float(fixed.metrics[k]) for k in ("val_top1", "step")}}))
         log.info("fixed run done in %.0f s, val top-1 %.1f%%", fixed_wall, 100 * fixed.metrics["val_top1"])
 
         elastic_cfg = config(data, storage, f"elastic-{stamp}", sizes, "[1, 2]")
@@ -379,6 +403,7 @@ def run(args: argparse.Namespace) -> int:
     out = getattr(args, "out", None)
     res = measure(Path(out) / "work" if out else None, quick=bool(getattr(args, "quick", False)),
                   demo=bool(getattr(args, "demo", False)), seed=getattr(args, "seed", None) or 0,
+                  reuse_fixed=getattr(args, "reuse_fixed", None),
                   epochs=getattr(args, "epochs", None), videos_per_class=getattr(args, "videos_per_class", None),
                   lr=getattr(args, "lr", None))
     print(format_results(res))
@@ -395,6 +420,8 @@ if __name__ == "__main__":
     p.add_argument("--demo", action="store_true",
                    help="the make demo recipe and data (~98%% top-1; ~30 min per pair of runs on 2 cores)")
     p.add_argument("--seed", type=int, default=0, help="train.seed of both runs")
+    p.add_argument("--reuse-fixed", default=None, metavar="JSON",
+                   help="the fixed run's record from an earlier invocation (same sizes and seed): run only the elastic one")
     p.add_argument("--epochs", type=int, default=None, help=f"epochs of both runs (default {FULL.epochs})")
     p.add_argument("--videos-per-class", type=int, default=None,
                    help=f"synthetic videos per class, half of them for validation (default {FULL.videos_per_class})")
