@@ -128,6 +128,14 @@ def _config(data: Path, storage: Path, name: str, sizes: Sizes, num_workers: str
         f"train.epochs={sizes.epochs}", f"train.batch_size={sizes.batch}", f"train.eval_every_epochs={sizes.epochs}",
         "train.eval_batch_size=16", "train.log_every_steps=1", f"train.seed={seed}", "train.amp=false",
         "train.channels_last=false",
+        "wandb.mode=offline", "wandb.log_sample_clips=0",
+        *_cluster_overrides(storage, name, sizes, num_workers),
+    ])
+
+
+def _cluster_overrides(storage: Path, name: str, sizes: Sizes, num_workers: str) -> list[str]:
+    """What both recipes set for the two-node cluster: one training slot per node, the elastic range, checkpoints."""
+    return [
         f"scaling.num_workers={num_workers}", "scaling.resources_per_worker={trainer_slot: 1}",
         f"scaling.elastic_resize_monitor_interval_s={sizes.resize_interval_s}",
         "scaling.worker_group_start_timeout_s=15",
@@ -135,8 +143,7 @@ def _config(data: Path, storage: Path, name: str, sizes: Sizes, num_workers: str
         f"checkpoint.every_steps={sizes.every_steps}", "checkpoint.num_to_keep=2",
         # Ask Ray Train for a preemption notice after every step: the SIGTERM below drains the node first.
         "checkpoint.preemption_check_steps=1",
-        "wandb.mode=offline", "wandb.log_sample_clips=0",
-    ])
+    ]
 
 
 def _demo_config(data: Path, storage: Path, name: str, sizes: Sizes, num_workers: str, seed: int):
@@ -150,12 +157,7 @@ def _demo_config(data: Path, storage: Path, name: str, sizes: Sizes, num_workers
         f"train.eval_every_epochs={sizes.epochs}", "wandb.log_sample_clips=0",
         # Decoding on the head node (2 datasets x 2 tasks x 0.5 CPU + its trainer = its 3 CPUs).
         "data.decode_resources={head_node: 0.01}",
-        f"scaling.num_workers={num_workers}", "scaling.resources_per_worker={trainer_slot: 1}",
-        f"scaling.elastic_resize_monitor_interval_s={sizes.resize_interval_s}",
-        "scaling.worker_group_start_timeout_s=15",
-        f"checkpoint.storage_path={storage}", f"checkpoint.run_name={name}", "checkpoint.max_failures=3",
-        f"checkpoint.every_steps={sizes.every_steps}", "checkpoint.num_to_keep=2",
-        "checkpoint.preemption_check_steps=1",
+        *_cluster_overrides(storage, name, sizes, num_workers),
     ])
 
 
