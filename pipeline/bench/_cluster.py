@@ -158,11 +158,12 @@ class LocalCluster:
                              capture_output=True, text=True, timeout=120, check=True)
         return {n["node_id"] for n in json.loads(res.stdout) if n["state"] == "ALIVE"}
 
-    def stop(self, grace_s: float = 5.0) -> None:
+    def stop(self, grace_s: float = 5.0, keep_logs: Path | None = None) -> None:
         """Tear the whole cluster down: SIGTERM to every node's process group, SIGKILL to what is left after
         `grace_s`. (On SIGTERM a `ray start --block` drains its node first and waits up to 30 s,
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S, for its worker leases to end: 33 s per stop, measured, that a
-        disposable cluster need not spend.)"""
+        disposable cluster need not spend.) `keep_logs`: where to copy the session's logs (every node's, the
+        workers' included) before the temporary directory goes."""
         for p in reversed(self.procs):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
@@ -177,4 +178,8 @@ class LocalCluster:
             except ProcessLookupError:
                 pass
             p.wait(timeout=30)
+        if keep_logs is not None:
+            for session in self.temp_dir.glob("session_2*"):
+                shutil.copytree(session / "logs", Path(keep_logs), dirs_exist_ok=True,
+                                ignore_dangling_symlinks=True)
         shutil.rmtree(self.temp_dir, ignore_errors=True)

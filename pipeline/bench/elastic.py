@@ -223,6 +223,15 @@ class _Recorded:
     metrics: dict[str, float]
 
 
+def _dropped(checkpoint_dir: Path) -> dict[str, int]:
+    """The run's dropped clips by reason, from its final checkpoint (a comparison with any is not a fair one)."""
+    path = checkpoint_dir / "decode_failures.json"
+    counts: dict[str, int] = {}
+    for f in json.loads(path.read_text()) if path.exists() else []:
+        counts[f["reason"]] = counts.get(f["reason"], 0) + 1
+    return counts
+
+
 def _run(cfg, events: Path) -> tuple[Any, float]:
     from pipeline.training.run import train
 
@@ -308,7 +317,8 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False, demo: bo
             fixed, fixed_wall = _run(fixed_cfg, fixed_events)
             (work / f"fixed-{stamp}.json").write_text(json.dumps({
                 "sizes": dataclasses.asdict(sizes), "seed": seed, "demo": demo, "events": str(fixed_events),
-                "wall_s": fixed_wall, "metrics": {k: float(fixed.metrics[k]) for k in ("val_top1", "step")}}))
+                "wall_s": fixed_wall, "metrics": {k: float(fixed.metrics[k]) for k in ("val_top1", "step")},
+            "decode_failures": _dropped(Path(fixed.run_dir) / f"epoch_{sizes.epochs:04d}")}))
         log.info("fixed run done in %.0f s, val top-1 %.1f%%", fixed_wall, 100 * fixed.metrics["val_top1"])
 
         elastic_cfg = config(data, storage, f"elastic-{stamp}", sizes, "[1, 2]")
@@ -323,11 +333,14 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False, demo: bo
             preemptor.join(timeout=300)
         if preemptor.error is not None:
             raise RuntimeError(f"the node loss was not staged: {preemptor.error}") from preemptor.error
-        history = load_checkpoint(Path(elastic.run_dir) / f"epoch_{sizes.epochs:04d}")["elastic"]
+        final = Path(elastic.run_dir) / f"epoch_{sizes.epochs:04d}"
+        history = load_checkpoint(final)["elastic"]
+        dropped = _dropped(final)
     finally:
         if "ray" in sys.modules and sys.modules["ray"].is_initialized():
             sys.modules["ray"].shutdown()
-        cluster.stop()
+        # The workers' logs (decode failures, restarts) outlive the cluster: work/ray-logs.
+        cluster.stop(keep_logs=work / "ray-logs")
 
     fixed_stamps = [t for t, _ in _events(fixed_events)]
     seconds_per_step = statistics.median(b - a for a, b in zip(fixed_stamps, fixed_stamps[1:]))
@@ -359,6 +372,7 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False, demo: bo
                     "pause_at_loss_s": gap_one, "pause_at_return_s": gap_two,
                     "groups": [{k: h[k] for k in ("world", "cause", "step", "steps_redone")} for h in history],
                     "steps_redone": sum(h["steps_redone"] for h in history),
+                    "decode_failures": dropped,
                     # The checkpoint written on the drain's notice: its step and seconds after the SIGTERM.
                     "preemption_checkpoints": [{"step": st, "after_sigterm_s": t - preemptor.t_loss}
                                                for st, t in notices]},
@@ -395,6 +409,8 @@ def format_results(res: dict[str, Any]) -> str:
         _seconds_row("  training paused at the return (s)", e["pause_at_return_s"], step),
         f"{'  steps redone':34}{0:>12d}{e['steps_redone']:>15d}   ({redone})",
         "  worker groups: " + " -> ".join(f"{g['world']} (from step {g['step']})" for g in e["groups"]),
+        f"{'  clips dropped (decode failures)':34}{'':>12}{sum(e.get('decode_failures', {}).values()):>15d}   "
+        + (", ".join(f"{r} {n}" for r, n in e.get("decode_failures", {}).items()) or "none"),
         "  checkpoints on the preemption notice: " + (", ".join(
             f"step {c['step']}, {c['after_sigterm_s']:.0f} s after the SIGTERM" for c in e["preemption_checkpoints"])
             or "none recorded"),

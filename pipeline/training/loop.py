@@ -226,11 +226,11 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
             # Keep-best ranks checkpoints by val_top1 (run.py); an epoch without evaluation ranks below every
             # evaluated one, and Ray Train always retains the latest checkpoint regardless of its score.
             metrics["val_top1"] = -1.0
-        if data_state is not None:
-            metrics["decode_failures"] = float(ray.get(data_state.failure_count.remote(epoch)))
-            metrics["decode_failures_total"] = float(ray.get(data_state.failure_count.remote()))
-        else:
-            metrics["decode_failures"] = metrics["decode_failures_total"] = 0.0
+        # The run's dropped clips so far (path, reason, detail, epoch): counted in the metrics, listed in the
+        # checkpoint (decode_failures.json) by rank 0, so what a run skipped is never only in worker logs.
+        failures = ray.get(data_state.failures.remote()) if data_state is not None else []
+        metrics["decode_failures"] = float(sum(f["epoch"] == epoch for f in failures))
+        metrics["decode_failures_total"] = float(len(failures))
         metrics["epoch_time_s"] = time.perf_counter() - t0
         if t.compile:
             # Graphs dynamo captured so far in this worker: > 0 shows the model really runs compiled.
@@ -249,11 +249,14 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
         # --- report: rank 0 writes the checkpoint atomically, then hands it to Ray Train with the metrics -----
         if rank == 0:
             log.info("%s", _epoch_line(epoch, t.epochs, metrics, evaluated, result.completed))
+            if metrics["decode_failures"]:
+                log.warning("epoch %d dropped %d clips (%s): listed in the checkpoint's decode_failures.json",
+                            epoch + 1, int(metrics["decode_failures"]), _reasons(failures, epoch))
             tracker.log({"epoch": epoch + 1, **{f"epoch/{k}": v for k, v in metrics.items() if k != "epoch"}})
         name = f"epoch_{epoch + 1:04d}" if result.completed else f"epoch_{epoch + 1:04d}-step_{step:07d}"
         # An incomplete epoch (train.max_steps) keeps its data position: a resume trains only its other clips.
         _report(metrics, name, rank, bare, optimizer, done_epochs, step, cfg, label_names, config["schedule"],
-                workers, None if result.completed else trained, history)
+                workers, None if result.completed else trained, history, failures)
         if stop:
             break
     if rank == 0:
@@ -266,9 +269,11 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
 
 def _report(metrics: dict[str, float], name: str, rank: int, bare: nn.Module, optimizer, epoch: int, step: int,
             cfg: Config, label_names: list[str], schedule: dict[str, Any], workers: list[dict[str, Any]],
-            trained: np.ndarray | None, history: list[dict[str, Any]]) -> None:
+            trained: np.ndarray | None, history: list[dict[str, Any]],
+            failures: list[dict[str, Any]] | None = None) -> None:
     """Rank 0 writes the checkpoint (`epoch` = complete epochs; `trained`: the data position of epoch `epoch`,
-    None at an epoch's end) and every rank reports it to Ray Train with the metrics."""
+    None at an epoch's end; `failures`: the run's dropped clips, written at epoch ends) and every rank reports it
+    to Ray Train with the metrics."""
     with tempfile.TemporaryDirectory(prefix="eco-ckpt-") as tmp:
         reported = None
         if rank == 0:
@@ -279,7 +284,8 @@ def _report(metrics: dict[str, float], name: str, rank: int, bare: nn.Module, op
                 position = elastic.data_position(epoch, trained)
                 state["data_position"] = {**position, "trained": torch.from_numpy(position["trained"])}
             state["elastic"] = [dict(h) for h in history]  # every worker group of the run so far
-            directory = ckpt.save_checkpoint(Path(tmp, "checkpoint"), state, extra_json={"workers": workers})
+            extra = {"workers": workers, **({} if failures is None else {"decode_failures": failures})}
+            directory = ckpt.save_checkpoint(Path(tmp, "checkpoint"), state, extra_json=extra)
             reported = ray.train.Checkpoint.from_directory(str(directory))
         ray.train.report(metrics, checkpoint=reported, checkpoint_dir_name=name)
 
@@ -401,6 +407,15 @@ def _gather_worker_info(rank: int, world: int, **extra: Any) -> list[dict[str, A
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def _reasons(failures: list[dict[str, Any]], epoch: int) -> str:
+    """"crashed 200, timeout 12": an epoch's dropped clips by reason, most first."""
+    counts: dict[str, int] = {}
+    for f in failures:
+        if f["epoch"] == epoch:
+            counts[f["reason"]] = counts.get(f["reason"], 0) + 1
+    return ", ".join(f"{r} {n}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _epoch_line(epoch: int, epochs: int, m: dict[str, float], evaluated: bool, complete: bool = True) -> str:
