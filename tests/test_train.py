@@ -29,8 +29,27 @@ def tiny_data(ray_session, tmp_path_factory):
     return tiny_dataset(tmp_path_factory)
 
 
+def _with_a_broken_val_video(data: Path, out: Path) -> tuple[Path, str]:
+    """The tiny dataset's manifest plus one validation row whose file broke after it was probed (overwritten with
+    bytes that are not a video, as a partial copy or a storage fault leaves it)."""
+    import pyarrow as pa
+
+    out.mkdir()
+    (out / "labels.json").write_text((data / "labels.json").read_text())
+    table = pq.read_table(data / "manifest.parquet")
+    row = table.filter(pa.compute.equal(table.column("split"), "val")).slice(0, 1).to_pylist()[0]
+    broken = out / "broken.mp4"
+    broken.write_bytes(b"\x00 not a video " * 200)
+    row.update(video_id="broken.mp4", path=str(broken))
+    pq.write_table(pa.concat_tables([table, pa.Table.from_pylist([row], schema=table.schema)]),
+                   out / "manifest.parquet")
+    return out, str(broken)
+
+
 def test_train_checkpoint_metrics_wandb(tiny_data, tmp_path):
-    cfg = tiny_config(tiny_data, tmp_path / "runs", "tiny-resume")
+    # A broken video is dropped, counted and listed in the checkpoint; every other clip is trained and scored.
+    data, broken = _with_a_broken_val_video(tiny_data, tmp_path / "data")
+    cfg = tiny_config(data, tmp_path / "runs", "tiny-resume")
     first = train(cfg)
 
     # --- the checkpoint: the contract's keys, the unwrapped model, one epoch of 3 steps ---------------------------
@@ -48,7 +67,10 @@ def test_train_checkpoint_metrics_wandb(tiny_data, tmp_path):
     # --- metrics are exact sums over both ranks: every clip counted once ---------------------------------------
     m = state["metrics"]
     assert (m["train_count"], m["val_count"], m["train_clips"]) == (TINY_TRAIN, TINY_VAL, TINY_TRAIN)
-    assert m["decode_failures"] == 0
+    assert (m["decode_failures"], m["decode_failures_total"]) == (1, 1)
+    (failure,) = json.loads(Path(first.latest_checkpoint, "decode_failures.json").read_text())
+    assert (failure["path"], failure["video_id"], failure["epoch"]) == (broken, "broken.mp4", 0)
+    assert failure["reason"] in {"not_a_video", "decode_error", "truncated"} and failure["detail"]
     assert 0 <= m["data_wait_frac"] <= 1 and m["clips_per_s"] > 0
     # The 2-rank validation during training equals a single-process evaluation of the same checkpoint.
     report = evaluate(first.latest_checkpoint, tiny_data, out_dir=tmp_path / "eval")
