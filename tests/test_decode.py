@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,6 +236,45 @@ def test_isolated_decoder_results_recycling_and_errors(vdir):
         assert e.value.reason == "missing"
         assert decoder.pid != first and decoder.processes_started == 2
     assert decoder.pid is None
+
+
+_DELETED_CWD_SCRIPT = """
+import os, shutil, sys
+import numpy as np
+from pipeline.data.decode import decode_frames
+from pipeline.data.isolation import IsolatedDecoder
+
+video, work, recreate = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+os.makedirs(work)
+os.chdir(work)
+with IsolatedDecoder(timeout_s=60, max_clips_per_process=1) as decoder:
+    first = decoder.decode(video, [0, 7])  # the child is recycled after each call: the next call spawns one
+    # What Ray's runtime-env agent does to a working_dir package it sets up again: delete, extract anew.
+    shutil.rmtree(work)
+    if recreate:
+        os.makedirs(work)
+    again = decoder.decode(video, [0, 7])
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_array_equal(again, decode_frames(video, [0, 7]))
+    print(decoder.processes_started, os.getcwd())
+"""
+
+
+@pytest.mark.parametrize("recreate", [True, False], ids=["re-extracted", "gone"])
+def test_a_worker_whose_directory_was_deleted_still_starts_decode_children(vdir, tmp_path, recreate):
+    # An elastic demo run dropped its last 400 clips: a node joining the machine re-extracted the runtime_env
+    # working_dir under the head's decode workers, and multiprocessing's os.getcwd() failed at every child start.
+    import subprocess
+    import sys
+
+    video = write_test_video(vdir / "cwd.mp4", num_frames=8)
+    work = tmp_path / "working_dir"
+    out = subprocess.run([sys.executable, "-c", _DELETED_CWD_SCRIPT, str(video), str(work), str(int(recreate))],
+                         capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr[-3000:]
+    started, cwd = out.stdout.split()
+    assert started == "2" and cwd == (str(work) if recreate else "/")
+    assert "was deleted under this process" in out.stderr
 
 
 def test_isolated_decoder_hang_times_out_and_recovers(vdir):

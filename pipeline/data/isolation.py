@@ -92,6 +92,28 @@ def _without_parent_main():
         multiprocessing.spawn.get_preparation_data = original
 
 
+def _ensure_cwd() -> None:
+    """Make this process's working directory a directory that exists, before a spawn (which records it).
+
+    Why: Ray runs a job's workers inside its runtime_env `working_dir` package, and a node's runtime-env agent may
+    delete and re-extract that package while the workers live (seen when a node joins a machine that shares the
+    session directory: the re-extracted copy is a new directory at the same path). A worker whose directory was
+    deleted cannot spawn a child (multiprocessing reads os.getcwd()), so every later decode would fail. Go back
+    to the same path when it exists again, else to "/" (the decode child uses absolute paths only)."""
+    try:
+        os.getcwd()
+        return
+    except FileNotFoundError:
+        pass
+    try:
+        path = os.readlink("/proc/self/cwd").removesuffix(" (deleted)")
+    except OSError:
+        path = "/"
+    target = path if os.path.isdir(path) else "/"
+    log.warning("working directory %s was deleted under this process; continuing in %s", path, target)
+    os.chdir(target)
+
+
 class IsolatedDecoder:
     """Decode and probe in a persistent child process that can be killed.
 
@@ -235,6 +257,7 @@ class IsolatedDecoder:
         parent, child = self._context.Pipe(duplex=True)
         process = self._context.Process(target=_serve, args=(child,), name="eco-decode", daemon=True)
         with _START_LOCK, _without_parent_main():
+            _ensure_cwd()
             process.start()
         child.close()
         if not parent.poll(self.start_timeout_s):
