@@ -112,6 +112,8 @@ def test_resident_batches_bn_statistics_rank_seeds_partial_epoch_resume(tiny_dat
     # appends), each step once.
     assert len(runs) == 2 and runs[0].run_id == runs[1].run_id
     assert (runs[0].values("train/step"), runs[1].values("train/step")) == ([1, 2], [3, 4, 5, 6])
+    # The stopped launch logged epoch 1 incomplete; the resumed launch's row for the completed epoch 1 is in W&B too.
+    assert (runs[0].values("epoch"), runs[1].values("epoch")) == ([1, 1], [1, 1, 2, 2])  # epoch row + evaluation row
     # Keep-best + latest (checkpoint.num_to_keep=1): the latest is epoch 2; the best is the highest val_top1.
     assert second.latest_checkpoint.endswith("epoch_0002")
     assert load_checkpoint(second.best_checkpoint)["metrics"]["val_top1"] == pytest.approx(max(vals))

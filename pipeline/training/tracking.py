@@ -97,7 +97,7 @@ def _already_logged(directory: Path, run_id_: str) -> tuple[int, int]:
         # An epoch stopped inside (train.max_steps, epoch/epoch_complete 0) is not logged yet: the resumed
         # attempt's row for the completed epoch must still reach W&B.
         epoch = max([epoch, *(int(row["epoch"]) for row in run.history
-                              if "epoch" in row and row.get("epoch/epoch_complete", 1) == 1)])
+                              if row.get("epoch/epoch_complete") == 1)])
     return step, epoch
 
 
