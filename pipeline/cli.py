@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("bench", help="benchmarks; each prints ratios against a baseline measured in the same run")
-    p.add_argument("name", choices=["decode", "shards", "pipeline", "train", "gpu", "elastic"])
+    p.add_argument("name", choices=["decode", "shards", "pipeline", "train", "steps", "gpu", "elastic"])
     p.add_argument("--out", default=None, help="write results (JSON, plots) here")
     p.add_argument("--quick", action="store_true", help="smaller inputs, for a smoke run")
     p.set_defaults(func=cmd_bench)

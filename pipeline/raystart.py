@@ -49,7 +49,7 @@ def in_ray_job() -> bool:
 
 
 def check_job_paths(paths: dict[str, str | os.PathLike | None]) -> None:
-    """Inside a Ray job, refuse relative local paths (issue 11, item 2): they would resolve under the job's
+    """Inside a Ray job, refuse relative local paths: they would resolve under the job's
     temporary copy of the working directory, which has no git-ignored folders and which Ray deletes, so reads
     fail and, worse, checkpoints and W&B runs written there are lost. `paths` maps the config key or flag to
     its value; raises ValueError naming every relative one."""
@@ -114,20 +114,32 @@ def ensure_ray(*, num_cpus: int | None = None, address: str | None = None,
     # Every process of a local instance runs on this machine, where this package is installed: the setup hook
     # applies the console policy there too (Ray Data banners and Ray Train INFO stay in Ray's log files).
     runtime_env = {**(storage.storage_runtime_env() or {}), "worker_process_setup_hook": quiet_ray_process}
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="warning",
-             runtime_env=runtime_env, **kwargs)
+    _remember(ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="warning",
+                       runtime_env=runtime_env, **kwargs))
     cpus = int(ray.cluster_resources().get("CPU", 0))
     log.info("Ray: started a local instance with %d CPUs (full logs in %s; set RAY_ADDRESS to use a cluster)",
              cpus, log_dir())
     return "local"
 
 
-def log_dir() -> str | None:
-    """Ray's log directory of the connected session (every process's stdout/stderr, ray-data.log, train/)."""
-    import ray
+# The session directory of the instance this process started or joined: what `ray.init` returned (Ray has no
+# public call that gives it later).
+_SESSION: dict[str, str] = {}
 
-    node = ray._private.worker._global_node  # the session directory is not in Ray's public API
-    return os.path.join(node.get_session_dir_path(), "logs") if node is not None else None
+
+def _remember(context) -> None:
+    info = getattr(context, "address_info", None) or {}
+    if info.get("session_dir"):
+        _SESSION["dir"] = str(info["session_dir"])
+
+
+def log_dir() -> str | None:
+    """Ray's log directory of the connected session (every process's stdout/stderr, ray-data.log, train/): the
+    one `ensure_ray` started or joined, else the newest session on this machine."""
+    if "dir" in _SESSION:
+        return os.path.join(_SESSION["dir"], "logs")
+    latest = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray", "session_latest", "logs")
+    return str(latest) if latest.exists() else None
 
 
 def _join(address: str, *, reason: str) -> None:
@@ -137,7 +149,7 @@ def _join(address: str, *, reason: str) -> None:
     # would only be ignored with a warning.
     runtime_env = None if in_ray_job() else storage.storage_runtime_env()
     try:
-        ray.init(address=address, logging_level="warning", runtime_env=runtime_env)
+        _remember(ray.init(address=address, logging_level="warning", runtime_env=runtime_env))
     except (ConnectionError, RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = ""
@@ -152,30 +164,30 @@ def _join(address: str, *, reason: str) -> None:
 
 
 def quiet_worker() -> None:
-    """In a Ray Train worker: keep the job's log to the project's lines (issue 11, "job logs").
+    """In a Ray Train worker: keep the job's log to the project's lines.
 
     Ray Train V2 logs every `ray.train.report` of every rank at INFO ("Reporting training result N: ...") through
-    a logger named after its source file, so it is silenced by that name; DDP's "Grad strides do not match bucket
-    view strides" warning is a performance note about gradient memory layout, not an error.
+    a logger named after its source file (a path inside Ray's package, outside the `ray.*` logger tree), so the
+    loggers named by paths in Ray's package are kept at warnings; DDP's "Grad strides do not match bucket view
+    strides" warning is a performance note about gradient memory layout, not an error.
     """
-    import importlib.util
     import warnings
 
+    import ray
+
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
-    if spec is not None and spec.origin:
-        logging.getLogger(spec.origin).setLevel(logging.WARNING)
+    package = os.path.dirname(ray.__file__)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(package):
+            logging.getLogger(name).setLevel(logging.WARNING)
     quiet()
 
 
-# Ray Train V2's PlacementGroupCleaner polls the State API every second to see whether the run's controller is
+# Ray Train V2's placement-group cleaner polls the State API every second to see whether the run's controller is
 # alive; a local instance started without the dashboard serves no State API, so it logs this warning every second
-# of the run (206 of `make demo`'s 327 lines before this filter). The cleaner only matters if the controller
+# of the run (206 of `make demo`'s 327 lines without this filter). The cleaner only matters if the controller
 # crashes, which a local instance outlives by minutes at most.
-_REPEATED_WARNINGS = {
-    "ray.train.v2._internal.execution.controller.placement_group_cleaner":
-        "Failed to query Ray Train Controller actor state",
-}
+_REPEATED_WARNING = "Failed to query Ray Train Controller actor state"
 
 
 class _DropMessages(logging.Filter):
@@ -203,9 +215,25 @@ def quiet_ray_process() -> None:
     if ray.is_initialized() and os.environ.get("RAY_ADDRESS", "local") in ("", "local"):
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     warnings.filterwarnings("ignore", message=r".*exclude_resources.*deprecated")
-    for name, prefix in _REPEATED_WARNINGS.items():
-        logging.getLogger(name).addFilter(_DropMessages(prefix))
+    _filter_ray_train_loggers(_DropMessages(_REPEATED_WARNING))
     quiet()
+
+
+def _filter_ray_train_loggers(flt: logging.Filter) -> None:
+    """Add `flt` to every `ray.train.*` logger of this process, those that exist and those made later (a filter
+    applies to the records of its own logger only, and Ray Train's modules are imported after this hook)."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("ray.train") and isinstance(logger, logging.Logger):
+            logger.addFilter(flt)
+    base = logging.getLoggerClass()
+
+    class _Filtered(base):  # type: ignore[misc, valid-type]
+        def __init__(self, name: str, level: int = logging.NOTSET):
+            super().__init__(name, level)
+            if name.startswith("ray.train"):
+                self.addFilter(flt)
+
+    logging.setLoggerClass(_Filtered)
 
 
 def quiet() -> None:

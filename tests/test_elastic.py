@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import Config, ConfigError
-from pipeline.data.sampling import epoch_order, exclude_rows
+from pipeline.data.sampling import epoch_order, epoch_rows, exclude_rows
 from pipeline.training import elastic
-from pipeline.training.loop import _chunk_steps
 from pipeline.training.optim import Schedule, lr_at
 
 
@@ -129,7 +128,7 @@ def test_steps_redone():
     (0, 0, 6, 6), (5, 4, 6, 1), (2, 4, 3, 1),  # never past max_steps
 ])
 def test_chunk_steps(step, every, max_steps, expected):
-    assert _chunk_steps(step, every, max_steps) == expected
+    assert elastic.steps_to_checkpoint(step, every, max_steps) == expected
 
 
 @pytest.mark.parametrize("step, every, check, max_steps, expected", [
@@ -138,7 +137,7 @@ def test_chunk_steps(step, every, max_steps, expected):
     (5, 4, 3, 7, 1), (6, 0, 3, 7, 1),  # never past max_steps
 ])
 def test_chunk_steps_end_at_preemption_checks(step, every, check, max_steps, expected):
-    assert _chunk_steps(step, every, max_steps, check) == expected
+    assert elastic.steps_to_checkpoint(step, every, max_steps, check) == expected
 
 
 @pytest.mark.parametrize("step, every, new_notice, expected", [
@@ -149,30 +148,41 @@ def test_checkpoint_reason(step, every, new_notice, expected):
     assert elastic.checkpoint_reason(step, every, new_notice=new_notice) == expected
 
 
-def test_clip_source_leaves_out_the_rows_a_resumed_epoch_trained(ray_session):
-    """The DataRunState carries a checkpoint's data position to the training source of that epoch only; evaluation
-    sources (no shuffle seed) and other epochs are unaffected."""
-    import pyarrow as pa
-    import ray
+def test_epoch_rows_are_a_pure_function_dealt_equally_over_the_ranks():
+    order = epoch_order(10, 5, 2)
+    assert epoch_rows(10, 5, 2).tolist() == order.tolist()  # one rank: the epoch's order
+    again = [epoch_rows(10, 5, 2, rank=r, world=3) for r in range(3)]
+    assert [a.tolist() for a in again] == [epoch_rows(10, 5, 2, rank=r, world=3).tolist() for r in range(3)]
+    assert [a.tolist() for a in again] == [order[r::3][:3].tolist() for r in range(3)]  # 3 each, 1 row waits
+    assert len(set(np.concatenate(again).tolist())) == 9
+    assert epoch_rows(10, 5, 3).tolist() != order.tolist()  # another epoch, another order
+    assert epoch_rows(10, 5, 2, rank=1, world=2, limit=2).tolist() == order[1::2][:2].tolist()
+    with pytest.raises(ValueError, match="rank 2 is outside a world of 2"):
+        epoch_rows(10, 5, 2, rank=2, world=2)
 
-    from pipeline.data.pipeline import _ClipSource
-    from pipeline.data.run_state import create_run_state
 
-    rows = pa.table({"video_id": [f"v{i}" for i in range(10)], "n": list(range(10))})
-    state = create_run_state()
-
-    def rows_of(seed):
-        src = _ClipSource(rows, rows_per_block=3, blocks_per_task=2, run_state=state, shuffle_seed=seed,
-                          decoder_cls=object, decoder_kwargs={}, clip_bytes=1)
-        blocks = src.epoch_blocks()
-        return pa.concat_tables(blocks).column("n").to_pylist() if blocks else []
-
-    order = epoch_order(10, 5, 2).tolist()
-    done = order[:4] + [order[7]]
-    ray.get(state.set_epoch.remote(2, elastic.pack_rows(done, 10)))
-    assert rows_of(5) == [r for r in order if r not in done]
-    assert rows_of(None) == list(range(10))  # evaluation: every row, manifest order
-    ray.get(state.set_epoch.remote(3))  # the next epoch starts whole
-    assert rows_of(5) == epoch_order(10, 5, 3).tolist()
-    ray.get(state.set_epoch.remote(2, elastic.pack_rows(range(10), 10)))
-    assert rows_of(5) == []  # every row trained: an empty execution, not an error
+def test_epoch_position_resumes_exactly_the_rows_not_yet_trained_at_any_world_size():
+    """Two ranks train part of epoch 2 and checkpoint; the resumed epoch, on one rank or on three, visits every
+    other row exactly once and none of the trained ones."""
+    position = elastic.EpochPosition.start(2, 10)
+    plans = [position.plan(5, r, 2) for r in range(2)]
+    per_rank = [p[:2].tolist() for p in plans]  # each rank trained its first two rows
+    ranks = [elastic.EpochPosition(2, position.trained.copy()) for _ in range(2)]
+    for rank, rows in zip(ranks, per_rank):
+        rank.record(rows)
+    for rank in ranks:
+        rank.sync(lambda _mine: per_rank)  # the all-gather: every rank's rows
+    record = ranks[0].as_record()
+    assert record["rows_trained"] == 4 and np.array_equal(ranks[0].trained, ranks[1].trained)
+    trained = sorted(sum(per_rank, []))
+    for world in (1, 3):
+        resumed = elastic.EpochPosition.start(2, 10, record)
+        rest = [resumed.plan(5, r, world).tolist() for r in range(world)]
+        flat = sum(rest, [])
+        assert not set(flat) & set(trained) and len(flat) == len(set(flat))
+        assert len(flat) == (6 // world) * world  # the equal split's remainder waits for the next epoch
+        assert sorted(flat + trained) == sorted(set(flat) | set(trained))
+    assert elastic.EpochPosition.start(3, 10, record).rows_trained == 0  # another epoch starts whole
+    assert elastic.EpochPosition.start(2, 11, record).rows_trained == 0  # another split: not this position
+    done = elastic.EpochPosition.start(2, 10, elastic.data_position(2, np.ones(10, bool)))
+    assert done.plan(5, 0, 2).size == 0  # every row trained: an empty pass, not an error

@@ -18,7 +18,7 @@ from pipeline.data import sampling
 from pipeline.data.encode import write_video
 from pipeline.data.manifest import MANIFEST_SCHEMA
 from pipeline.data.isolation import CHILD_PROCESS_NAME
-from pipeline.data.pipeline import ClipCollate, _ClipSource, build_eval_dataset, build_train_dataset
+from pipeline.data.pipeline import build_eval_dataset, build_train_dataset, clip_dataset, split_rows
 from pipeline.data.run_state import create_run_state
 from tests.faults import faulty_decode
 from tests.processes import descendants_named
@@ -79,11 +79,10 @@ def test_decode_processes_outlive_epochs_and_each_epoch_has_its_own_order(ray_se
     rows = [(f"{NAMES[c]}/{i}", p, c, "train") for (c, i), p in files.items()]
     manifest = _manifest(tmp_path / "manifest.parquet", rows)
     state = create_run_state()
-    # One decode task at a time: rows leave in the order of the source's blocks.
-    ds = build_train_dataset(_cfg(decode_workers=1), manifest, run_state=state)
     orders, children = [], []
     for epoch in range(3):
-        ray.get(state.set_epoch.remote(epoch))
+        # A dataset per epoch; one decode task at a time: rows leave in the order of the source's blocks.
+        ds = build_train_dataset(_cfg(decode_workers=1), manifest, epoch=epoch, run_state=state)
         got = [(vid, _read_clip(clip)[1]) for batch in ds.iter_batches(batch_size=None)
                for vid, clip in zip(batch["video_id"], batch["clip"])]
         assert all(frames == sampling.train_indices(NUM_FRAMES, T, sampling.clip_rng(5, epoch, vid)).tolist()
@@ -97,58 +96,55 @@ def test_decode_processes_outlive_epochs_and_each_epoch_has_its_own_order(ray_se
     assert children[0] and children[1] == children[0] and children[2] == children[0]
 
 
-def test_clip_source_orders_and_stamps_rows_at_each_execution(ray_session):
-    """What a resumed run relies on: the rows of epoch e depend on (seed, e) only, not on earlier executions."""
-    rows = pa.table({"video_id": [f"v{i}" for i in range(10)], "n": list(range(10))})
+def test_a_dataset_decodes_exactly_the_rows_it_is_given(ray_session, videos, tmp_path):
+    """What max_steps and a resumed epoch rely on: a rank's pass decodes its planned rows and no others."""
+    _, files = videos
+    rows = [(f"{NAMES[c]}/{i}", p, c, "train") for (c, i), p in files.items()]
+    table = split_rows(_manifest(tmp_path / "manifest.parquet", rows), "train")
+    assert table.column("video_id").to_pylist() == [vid for vid, *_ in rows]  # manifest order
+    plan = sampling.epoch_rows(table.num_rows, 5, 4, rank=1, world=2, limit=3)
     state = create_run_state()
-
-    def source(seed):
-        return _ClipSource(rows, rows_per_block=3, blocks_per_task=2, run_state=state, shuffle_seed=seed,
-                           decoder_cls=object, decoder_kwargs={}, clip_bytes=1)
-
-    def rows_of(src):
-        blocks = src.epoch_blocks()
-        assert [b.num_rows for b in blocks] == [3, 3, 3, 1]
-        assert len(src.get_read_tasks(1)) == src.num_tasks() == 2  # two blocks per read task
-        return pa.concat_tables(blocks)
-
-    train = source(5)
-    ray.get(state.set_epoch.remote(4))
-    first = rows_of(train)
-    assert first.column("n").to_pylist() == sampling.epoch_order(10, 5, 4).tolist()
-    assert set(first.column("epoch").to_pylist()) == {4}
-    ray.get(state.set_epoch.remote(5))
-    assert rows_of(train).column("n").to_pylist() == sampling.epoch_order(10, 5, 5).tolist()
-    ray.get(state.set_epoch.remote(4))
-    assert rows_of(source(5)).equals(first)
-    assert rows_of(source(None)).column("n").to_pylist() == list(range(10))
+    got = clip_dataset(_cfg(decode_workers=1), table.take(plan), train=True, epoch=4, run_state=state).take_all()
+    assert [r["video_id"] for r in got] == [rows[i][0] for i in plan]
+    for r in got:
+        assert _read_clip(r["clip"])[1] == sampling.train_indices(
+            NUM_FRAMES, T, sampling.clip_rng(5, 4, r["video_id"])).tolist()
+    assert ray.get(state.failure_count.remote()) == 0
 
 
 def test_two_consumers_get_disjoint_complete_labelled_shards_with_fresh_offsets(ray_session, videos, tmp_path):
     _, files = videos
     rows = [(f"{NAMES[c]}/{i}", p, c, "train") for (c, i), p in files.items()]
     manifest = _manifest(tmp_path / "manifest.parquet", rows)
-    cfg = _cfg()
+    cfg = _cfg().replace({"train.batch_size": 3})
     state = create_run_state()
-    shards = build_train_dataset(cfg, manifest, run_state=state).streaming_split(2, equal=False)
+    table = ray.put(split_rows(manifest, "train"))
 
-    # Defined here, shipped by value (the test module is not importable in Ray workers): what a trainer does.
+    # Defined here, shipped by value (the test module is not importable in Ray workers): what a trainer rank
+    # does, with the trainer's own data object.
     @ray.remote(num_cpus=0)
-    def consume(shard, rank: int, epochs: int, state):
+    def consume(table, rank: int, epochs: int, state):
         import torch
 
+        from pipeline.training.data import RankData
+        from pipeline.training.elastic import EpochPosition
+
+        data = RankData(cfg, table, table, rank=rank, world=2, run_state=state)
         seen = []
         for epoch in range(epochs):
-            if rank == 0:  # what the trainer's rank 0 does before each epoch
-                ray.get(state.set_epoch.remote(epoch))
-            for batch in shard.iter_torch_batches(batch_size=3, collate_fn=ClipCollate(keep_video_id=True)):
+            position = EpochPosition.start(epoch, data.num_train_rows)
+            stream, truncated = data.train_stream(position, limit=None)
+            assert not truncated
+            for batch in stream:
                 assert batch["clip"].dtype == torch.uint8 and batch["label"].dtype == torch.int64
-                for clip, label, vid, k in zip(batch["clip"].numpy(), batch["label"].tolist(), batch["video_id"],
+                # The rows the stream recorded for this batch, i.e. the data position it advanced by.
+                ids = [table.column("video_id")[i].as_py() for i in position.pending[-len(batch["label"]):]]
+                for clip, label, vid, k in zip(batch["clip"].numpy(), batch["label"].tolist(), ids,
                                                batch["clip_index"].tolist()):
                     seen.append((epoch, vid, label, k, clip))
         return seen
 
-    got = ray.get([consume.remote(s, rank, 2, state) for rank, s in enumerate(shards)])
+    got = ray.get([consume.remote(table, rank, 2, state) for rank in range(2)])
     for rank_rows in got:
         assert all(r[4].shape == (T, 32, 32, 3) for r in rank_rows)
     got = [[(*r[:4], *_read_clip(r[4])) for r in rank_rows] for rank_rows in got]
@@ -156,9 +152,11 @@ def test_two_consumers_get_disjoint_complete_labelled_shards_with_fresh_offsets(
     for epoch in range(2):
         per_rank = [[r for r in g if r[0] == epoch] for g in got]
         ids = [[r[1] for r in rank_rows] for rank_rows in per_rank]
-        # Complete and disjoint: every video exactly once across the two consumers, both consumers fed.
-        assert sorted(ids[0] + ids[1]) == sorted(labels)
-        assert not set(ids[0]) & set(ids[1]) and all(ids)
+        # Disjoint, equal and complete but for the equal split's remainder: 9 videos, 4 per rank, and the last
+        # of the epoch's order waits for the next epoch.
+        order = [rows[i][0] for i in sampling.epoch_order(len(rows), 5, epoch)]
+        assert sorted(ids[0] + ids[1]) == sorted(order[:-1])
+        assert not set(ids[0]) & set(ids[1]) and len(ids[0]) == len(ids[1]) == 4
         for _, vid, label, k, pixel_label, frames in per_rank[0] + per_rank[1]:
             assert label == labels[vid] == pixel_label
             assert k == 0
@@ -200,10 +198,9 @@ def test_hanging_crashing_and_bad_files_are_dropped_and_recorded(ray_session, vi
            ("gone", tmp_path / "deleted.mp4", 2, "train"), ("cut", tmp_path / "truncated.mp4", 2, "train")]
     manifest = _manifest(tmp_path / "manifest.parquet", good + bad)
     state = create_run_state()
-    ray.get(state.set_epoch.remote(3))
     # A generous timeout: the first call of a fresh decode process imports numpy/torch, slow on a loaded machine.
     cfg = _cfg(decode_timeout_s=10.0, decode_workers=1, shuffle_frames=True)
-    got = build_train_dataset(cfg, manifest, run_state=state, decode_fn=faulty_decode).take_all()
+    got = build_train_dataset(cfg, manifest, epoch=3, run_state=state, decode_fn=faulty_decode).take_all()
     # Every good video arrived, intact: its label, and (shuffle_frames) its sampled frames in a shuffled order.
     assert sorted(r["video_id"] for r in got) == sorted(vid for vid, *_ in good)
     for r in got:
@@ -226,12 +223,11 @@ def test_hanging_crashing_and_bad_files_are_dropped_and_recorded(ray_session, vi
 
 def test_run_state_and_validation(ray_session, tmp_path):
     named = create_run_state("eco-test-state")
-    ray.get(named.set_epoch.remote(7))
-    assert ray.get(create_run_state("eco-test-state").get_epoch.remote()) == 7
     ray.get(named.record_failures.remote([{"path": "a", "reason": "timeout", "detail": "", "epoch": 7}]))
     assert ray.get(named.failures.remote(epoch=7))[0]["path"] == "a"
     assert ray.get(named.failures.remote(epoch=6)) == []
     assert ray.get(named.failure_count.remote()) == 1
+    assert ray.get(create_run_state("eco-test-state").failure_count.remote()) == 1  # the same actor by name
     ray.kill(named)
     pq.write_table(pa.Table.from_pylist([], schema=MANIFEST_SCHEMA), tmp_path / "manifest.parquet")
     with pytest.raises(ValueError, match=r"manifest\.parquet: no rows with split 'val'"):

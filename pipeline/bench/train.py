@@ -1,7 +1,9 @@
 """`eco bench train`: training on CPU through Ray Train + Ray Data vs a plain PyTorch loop on in-memory tensors.
 
-Both sides train the same ECO-Lite (same segments, input size, batch, optimiser, gradient clipping, one torch
-thread per trainer) on small camera-like H.264 videos (throughput does not depend on the clips' content):
+Both sides run the same training step (`pipeline.training.engine`: the same ECO-Lite, segments, input size, batch,
+optimiser, gradient clipping, precision, memory format and torch threads: the plain loop takes the thread count
+the Ray Train worker reported in its checkpoint's workers.json) on small camera-like H.264 videos (throughput does
+not depend on the clips' content):
 - Ray Train: `pipeline.training.run.train` with 1 training worker (1 CPU) and 1 decode task at a time, i.e. the
   real job
   (Ray Data decode + transform, streaming split, DDP-ready loop, per-epoch checkpoint). Throughput is the loop's
@@ -44,6 +46,8 @@ def _config(manifest: str, out: Path, *, segments: int, size: int, batch: int, e
         "model.num_segments": segments, "model.dropout": 0.0,
         "train.epochs": epochs, "train.batch_size": batch, "train.eval_every_epochs": epochs, "train.seed": 0,
         "train.log_every_steps": 1,
+        # The CPU recipe's step (jobs/configs/synthetic_demo.yaml): fp32, default memory format.
+        "train.amp": False, "train.channels_last": False,
         "scaling.num_workers": 1, "scaling.cpus_per_worker": 1.0, "scaling.use_gpu": False,
         "scaling.local_num_cpus": 3,
         "checkpoint.storage_path": str(out / "runs"), "checkpoint.run_name": f"bench-{int(time.time())}",
@@ -55,19 +59,20 @@ def _config(manifest: str, out: Path, *, segments: int, size: int, batch: int, e
     })
 
 
-def _plain_loop(cfg, num_classes: int, steps: int) -> dict[str, float]:
-    """The training loop's step on in-memory uint8 clips (decoded once, before the clock starts)."""
+def _plain_loop(cfg, num_classes: int, steps: int, threads: int) -> dict[str, float]:
+    """The training loop's steps (engine.train_one_epoch, the same settings as the worker's) on in-memory uint8
+    clips (decoded once, before the clock starts), with `threads` torch threads."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
 
     from pipeline.data import sampling, transforms
     from pipeline.data.decode import decode_frames
     from pipeline.data.manifest import read_manifest
-    from pipeline.model import eco_lite
-    from pipeline.training.optim import build_optimizer
+    from pipeline.model import BUILDERS
+    from pipeline.training import engine
+    from pipeline.training.optim import Schedule, build_optimizer
 
-    torch.set_num_threads(1)  # as the Ray Train worker: 1 CPU -> OMP_NUM_THREADS=1
+    torch.set_num_threads(threads)
     table = read_manifest(cfg.data.manifest, cfg.data.train_split)
     rows = table.to_pylist()
     clips, labels = [], []
@@ -80,26 +85,40 @@ def _plain_loop(cfg, num_classes: int, steps: int) -> dict[str, float]:
         labels.append(row["label"])
     data = torch.from_numpy(np.stack(clips))  # uint8 (S*B, T, H, W, 3)
     target = torch.tensor(labels, dtype=torch.int64)
+    b, t, cpu = cfg.train.batch_size, cfg.train, torch.device("cpu")
+    batches = [{"clip": data[k * b:(k + 1) * b], "label": target[k * b:(k + 1) * b]} for k in range(steps)]
 
-    torch.manual_seed(cfg.train.seed)
-    model = eco_lite(num_classes=num_classes, num_segments=cfg.model.num_segments, dropout=cfg.model.dropout).train()
+    torch.manual_seed(t.seed)
+    m = cfg.model
+    model = BUILDERS[m.variant](num_classes=num_classes, num_segments=m.num_segments, dropout=m.dropout)
+    model = engine.prepare_model(model, cpu, channels_last=t.channels_last, compile=t.compile,
+                                 compile_backend=t.compile_backend, bn_policy=t.batchnorm)
     optimizer = build_optimizer(model, cfg.optim, lr=cfg.optim.lr)
-    b = cfg.train.batch_size
+    schedule = Schedule(peak_lr=cfg.optim.lr, total_steps=10**9, steps_per_epoch=steps, kind="constant")
+    settings = engine.StepSettings(normalization=cfg.data.normalization, grad_accum_steps=t.grad_accum_steps,
+                                   clip_grad_norm=cfg.optim.clip_grad_norm, amp=t.amp, bn_policy=t.batchnorm,
+                                   log_every_steps=10**9)
 
-    def step(k: int) -> None:
-        x = transforms.normalize(data[k * b:(k + 1) * b], cfg.data.normalization)  # (B, T, 3, H, W) float32
-        loss = F.cross_entropy(model(x).float(), target[k * b:(k + 1) * b])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def epoch(items) -> None:
+        engine.train_one_epoch(model, optimizer, items, schedule=schedule, step=0, device=cpu, settings=settings,
+                               num_classes=num_classes)
 
-    step(0)  # warm-up (allocator, first-call paths), as the Ray side's first epoch is
+    epoch(batches[:1])  # warm-up (allocator, first-call paths), as the Ray side's first epoch is
     t0 = time.perf_counter()
-    for k in range(steps):
-        step(k)
+    epoch(batches)
     elapsed = time.perf_counter() - t0
-    return {"clips": steps * b, "seconds": elapsed, "clips_per_s": steps * b / elapsed}
+    return {"clips": steps * b, "seconds": elapsed, "clips_per_s": steps * b / elapsed, "threads": threads}
+
+
+def _worker_threads(checkpoint: str | None) -> int:
+    """The torch threads the Ray Train worker trained with (its checkpoint's workers.json), else 1."""
+    import json
+
+    try:
+        workers = json.loads(Path(checkpoint, "workers.json").read_text())
+        return int(workers[0].get("torch_threads", 1))
+    except (TypeError, OSError, ValueError, KeyError, IndexError):
+        return 1
 
 
 def _steady_clips_per_s(wandb_run: str | None, *, steps_per_epoch: int, batch: int) -> float:
@@ -140,26 +159,27 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False,
     steps = num_train // batch  # Ray side: ceil(num_train / batch) steps, the last one possibly short
 
     num_classes = len(read_labels(cfg.data.manifest))
-    # The plain loop runs before and after the Ray run and the mean is the baseline: on a shared machine the load
-    # drifts over minutes, and bracketing the Ray run cancels a linear drift.
-    before = _plain_loop(cfg, num_classes, steps)
+    # The plain loop runs twice after the Ray run (which tells it the worker's thread count) and the mean is the
+    # baseline: on a shared machine the load drifts over minutes.
     t0 = time.perf_counter()
     result = train(cfg)
     ray_wall = time.perf_counter() - t0
+    threads = _worker_threads(result.latest_checkpoint)
+    before = _plain_loop(cfg, num_classes, steps, threads)
     m = result.metrics
     steady = _steady_clips_per_s(result.wandb_dir, steps_per_epoch=-(-num_train // batch), batch=batch)
     ray_side = {"clips_per_s": float(m["clips_per_s"]), "data_wait_frac": float(m["data_wait_frac"]),
                 "steady_clips_per_s": steady,
                 "clips": float(m["train_clips"]), "epoch_time_s": float(m["epoch_time_s"]),
                 "epoch_clips_per_s": float(m["train_clips"]) / float(m["epoch_time_s"]), "run_wall_s": ray_wall}
-    after = _plain_loop(cfg, num_classes, steps)
+    after = _plain_loop(cfg, num_classes, steps, threads)
     plain = {"clips": before["clips"], "seconds": (before["seconds"] + after["seconds"]) / 2,
              "clips_per_s": (before["clips_per_s"] + after["clips_per_s"]) / 2,
              "before_clips_per_s": before["clips_per_s"], "after_clips_per_s": after["clips_per_s"]}
     overhead = plain["clips_per_s"] / ray_side["clips_per_s"] - 1.0
     steady_overhead = plain["clips_per_s"] / steady - 1.0 if steady else float("nan")
     return {"setup": {"model": f"ECO-Lite {segments}F at {size}px", "batch": batch, "train_clips": num_train,
-                      "epochs": epochs, "trainer_threads": 1, "decode_tasks": 1, "cpus": os.cpu_count()},
+                      "epochs": epochs, "trainer_threads": threads, "decode_tasks": 1, "cpus": os.cpu_count()},
             "ray": ray_side, "plain": plain, "overhead": overhead, "steady_overhead": steady_overhead,
             "epoch_overhead": plain["clips_per_s"] / ray_side["epoch_clips_per_s"] - 1.0,
             "target_overhead": TARGET_OVERHEAD}
@@ -169,10 +189,11 @@ def format_results(res: dict[str, Any]) -> str:
     r, p = res["ray"], res["plain"]
     ok = res["overhead"] <= res["target_overhead"]
     return "\n".join([
-        f"training on CPU: {res['setup']['model']}, batch {res['setup']['batch']}, 1 trainer thread, "
+        f"training on CPU: {res['setup']['model']}, batch {res['setup']['batch']}, "
+        f"{res['setup']['trainer_threads']} trainer thread(s) on both sides, "
         f"{res['setup']['train_clips']} training clips/epoch",
         f"  plain PyTorch loop, in-memory clips   {p['clips_per_s']:7.3f} clips/s  (baseline: mean of "
-        f"{p['before_clips_per_s']:.3f} before and {p['after_clips_per_s']:.3f} after the Ray run)",
+        f"{p['before_clips_per_s']:.3f} and {p['after_clips_per_s']:.3f}, the same engine step)",
         f"  Ray Train + Ray Data (last epoch)     {r['clips_per_s']:7.3f} clips/s  "
         f"(data wait {r['data_wait_frac']:.1%} of step time)",
         f"  Ray Train + Ray Data (steady state)   {r['steady_clips_per_s']:7.3f} clips/s  "

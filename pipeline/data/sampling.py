@@ -83,3 +83,19 @@ def exclude_rows(order: np.ndarray, trained: np.ndarray | None) -> np.ndarray:
     if trained.shape != (order.size,):
         raise ValueError(f"trained mask has shape {trained.shape}; the epoch orders {order.size} rows")
     return order[~trained[order]]
+
+
+def epoch_rows(num_rows: int, seed: int, epoch: int, *, trained: np.ndarray | None = None, rank: int = 0,
+               world: int = 1, limit: int | None = None) -> np.ndarray:
+    """The rows rank `rank` of `world` trains in epoch `epoch`, in order: a pure function of its arguments.
+
+    The epoch's order (`epoch_order`) less the rows already `trained` (a boolean mask over the rows: a resumed
+    epoch), dealt round-robin over the ranks, each rank taking the same number (DDP steps in lockstep; the last
+    `len % world` rows wait for the next epoch, as an equal split drops them), at most `limit` of them (the rows
+    the remaining optimiser steps will use: a run stopped at train.max_steps decodes no more).
+    """
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside a world of {world}")
+    remaining = exclude_rows(epoch_order(num_rows, seed, epoch), trained)
+    mine = remaining[rank::world][:remaining.size // world]
+    return mine if limit is None else mine[:max(0, int(limit))]

@@ -1,8 +1,9 @@
-"""The device-generic training step and evaluation pass, fed by any iterable of batches (no Ray, no wandb).
+"""The device-generic training steps and evaluation pass, fed by any iterable of batches (no Ray, no wandb).
 
-`train_one_epoch` and `evaluate_batches` take batches as dicts of tensors ("clip" uint8 (N, T, H, W, 3), "label"
-int64 (N,)), wherever they come from: Ray Train's `iter_torch_batches` in `loop.py`, a plain list in the tests and
-in `eco check gpu` (whose GPU machines have no Ray). One code path serves CPU and CUDA:
+`train_steps` (up to a number of optimiser steps from a `BatchStream`), `train_one_epoch` (a whole iterable) and
+`evaluate_batches` take batches as dicts of tensors ("clip" uint8 (N, T, H, W, 3), "label" int64 (N,)), wherever
+they come from: Ray Data's `iter_torch_batches` in `loop.py`, a plain list in the tests and in `eco check gpu`
+(whose GPU machines have no Ray). One code path serves CPU and CUDA:
 
 - bf16 autocast through `torch.autocast(device.type, ...)` (no GradScaler: bf16 has fp32's exponent range);
 - channels_last (2D trunk) / channels_last_3d (3D part) through `ECO.to_channels_last`;
@@ -21,7 +22,7 @@ import contextlib
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -145,45 +146,93 @@ class StepSettings:
     clip_grad_norm: float | None = None
     amp: bool = False
     bn_policy: str = "train"
-    max_steps: int = 0  # stop after this many optimiser steps in total (0: no limit)
+    max_steps: int = 0  # train_one_epoch: stop after this many optimiser steps in total (0: no limit)
     log_every_steps: int = 10
 
 
 @dataclass
 class EpochResult:
+    """What steps trained so far in an epoch: exact sums (on the device), the step reached, the timing."""
+
     sums: ClassificationSums
     step: int
-    completed: bool  # False when max_steps stopped the epoch early
+    completed: bool = True  # train_one_epoch: False when max_steps stopped the epoch early
     wait_s: float = 0.0  # host time spent waiting for the next batch
-    compute_s: float = 0.0  # the rest of the epoch's wall time (device work included: synced at the end)
+    compute_s: float = 0.0  # the rest of the wall time (device work included: synced at the end of each call)
     clips: int = 0
     micro_batches: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, num_classes: int, device: torch.device, step: int) -> "EpochResult":
+        return cls(sums=ClassificationSums(num_classes, device=device), step=step)
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict[str, Any]], *,
-                    schedule: Schedule, step: int, device: torch.device, settings: StepSettings, num_classes: int,
-                    on_log: Callable[[dict[str, float]], None] | None = None) -> EpochResult:
-    """One pass over `batches`; returns the exact sums, the optimiser step reached and the timing.
+class BatchStream:
+    """Batches pulled one ahead, so a step knows the stream's last batch (the final accumulation group steps
+    short), with the time spent waiting for them; `on_batch` sees each batch as it is handed out.
 
-    Gradient accumulation: the optimiser steps every `grad_accum_steps` micro-batches and at the last batch. The
-    loss is summed per clip and the accumulated gradient divided by the clips of its group, so a short last group
-    (or a short last batch) weighs each clip like every other group does. DDP's all-reduce runs only on the
-    micro-batch that ends a group; every rank sees the same number of batches (equal streaming split), so all
-    agree on which one that is.
+    With `group` (a process group), the stream ends on every rank as soon as it ends on one: each pull is
+    agreed by an all-reduce (MIN) over the group, so every rank runs the same number of micro-batches and DDP's
+    collectives pair up even when a rank's decoders dropped more clips than another's (the surplus batches are
+    left, as an equal split would drop them). Use a CPU (gloo) group: the agreement never waits for the device.
+    """
+
+    _EMPTY = object()
+
+    def __init__(self, batches: Iterable[Any], *, group: Any = None, on_batch: Callable[[Any], Any] | None = None):
+        self._it, self._group, self._on_batch = iter(batches), group, on_batch
+        self._next: Any = self._EMPTY
+        self._ended = False
+        self.wait_s = 0.0
+
+    def has_next(self) -> bool:
+        if self._next is self._EMPTY and not self._ended:
+            t0 = time.perf_counter()
+            item = next(self._it, self._EMPTY)
+            self.wait_s += time.perf_counter() - t0
+            if not _all_ranks_agree(item is not self._EMPTY, self._group):
+                item, self._ended = self._EMPTY, True
+            self._next = item
+        return self._next is not self._EMPTY
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> Any:
+        if not self.has_next():
+            raise StopIteration
+        item, self._next = self._next, self._EMPTY
+        return self._on_batch(item) if self._on_batch is not None else item
+
+    def close(self) -> None:
+        """Stop the source (a Ray Data iterator shuts its execution down), e.g. when batches are left over."""
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+
+def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, stream: BatchStream, result: EpochResult, *,
+                schedule: Schedule, device: torch.device, settings: StepSettings, steps: int | None = None,
+                on_log: Callable[[dict[str, float]], None] | None = None) -> bool:
+    """Train on `stream` until `steps` more optimiser steps are done (None: until it ends); adds to `result`
+    (sums, step, timing) and returns whether the stream has more batches.
+
+    Gradient accumulation: the optimiser steps every `grad_accum_steps` micro-batches and at the stream's last
+    batch. The loss is summed per clip and the accumulated gradient divided by the clips of its group, so a short
+    last group (or a short last batch) weighs each clip like every other group does. DDP's all-reduce runs only
+    on the micro-batch that ends a group; every rank sees the same number of batches (the stream's agreement),
+    so all agree on which one that is. A call ends on a group boundary, so the next call starts a new group.
     """
     set_train_mode(model, settings.bn_policy)
     s = settings
-    sums = ClassificationSums(num_classes, device=device)
     params = [p for p in model.parameters() if p.requires_grad]
     window_loss = torch.zeros((), dtype=torch.float64, device=device)
     window_clips, window_t0 = 0, time.perf_counter()
-    group_clips = micro = clips = 0
-    wait_s = 0.0
-    t_start = time.perf_counter()
-    completed = True
-    for batch, is_last, waited in _lookahead(iter(batches)):
-        wait_s += waited
+    group_clips = micro = done = 0
+    t_start, wait_start = time.perf_counter(), stream.wait_s
+    while (steps is None or done < steps) and stream.has_next():
+        batch = next(stream)
+        is_last = not stream.has_next()  # pulls the following batch: the wait is the stream's
         x = normalize(batch["clip"].to(device, non_blocking=True), s.normalization)  # (N, T, 3, H, W) float32
         y = batch["label"].to(device, non_blocking=True)
         n = int(y.shape[0])
@@ -194,10 +243,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches:
         with _no_sync(model, enabled=not ends_group):
             loss_sum.backward()
         loss_sum = loss_sum.detach()
-        sums.update(logits.detach(), y, loss_sum)
+        result.sums.update(logits.detach(), y, loss_sum)
         micro += 1
         group_clips += n
-        clips += n
         window_loss += loss_sum
         window_clips += n
         if not ends_group:
@@ -206,29 +254,43 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches:
         grads = [p.grad for p in params if p.grad is not None]
         if grads:
             torch._foreach_mul_(grads, 1.0 / group_clips)
+        result.clips += group_clips
         group_clips = 0
-        set_lr(optimizer, lr_at(step, schedule))
+        set_lr(optimizer, lr_at(result.step, schedule))
         if s.clip_grad_norm:
             nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if on_log is not None and step % s.log_every_steps == 0:
+        result.step += 1
+        done += 1
+        if on_log is not None and result.step % s.log_every_steps == 0:
             elapsed = time.perf_counter() - window_t0
             # The one host sync of a logging window: the loss read back from the device.
-            on_log({"train/step": step, "train/loss": float(window_loss) / window_clips,
+            on_log({"train/step": result.step, "train/loss": float(window_loss) / window_clips,
                     "train/lr": optimizer.param_groups[0]["lr"],
                     "train/clips_per_s_rank0": window_clips / max(elapsed, 1e-9)})
             window_loss.zero_()
             window_clips, window_t0 = 0, time.perf_counter()
-        if s.max_steps and step >= s.max_steps:
-            completed = is_last
-            break
     if device.type == "cuda":
-        torch.cuda.synchronize(device)  # once per epoch: the epoch's time includes the device's queued work
-    total = time.perf_counter() - t_start
-    return EpochResult(sums=sums, step=step, completed=completed, wait_s=wait_s, compute_s=max(total - wait_s, 0.0),
-                       clips=clips, micro_batches=micro)
+        torch.cuda.synchronize(device)  # once per call: the time includes the device's queued work
+    waited = stream.wait_s - wait_start
+    result.wait_s += waited
+    result.compute_s += max(time.perf_counter() - t_start - waited, 0.0)
+    result.micro_batches += micro
+    return stream.has_next()
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict[str, Any]], *,
+                    schedule: Schedule, step: int, device: torch.device, settings: StepSettings, num_classes: int,
+                    on_log: Callable[[dict[str, float]], None] | None = None) -> EpochResult:
+    """One pass over `batches` from optimiser step `step` (at most to `settings.max_steps` in total); `completed`
+    says whether the pass reached the end of `batches`."""
+    result = EpochResult.empty(num_classes, device, step)
+    limit = max(settings.max_steps - step, 0) if settings.max_steps else None
+    more = train_steps(model, optimizer, BatchStream(batches), result, schedule=schedule, device=device,
+                       settings=settings, steps=limit, on_log=on_log)
+    result.completed = not more
+    return result
 
 
 # --- evaluation ------------------------------------------------------------------------------------------------
@@ -271,25 +333,25 @@ def evaluate_batches(model: nn.Module, batches: Iterable[dict[str, Any]], *, dev
 # --- helpers ---------------------------------------------------------------------------------------------------
 
 
-def _lookahead(it: Iterator) -> Iterator[tuple[Any, bool, float]]:
-    """Yield (item, is_last, seconds spent waiting for it): knowing the last batch lets the final partial
-    accumulation group still step."""
-    t0 = time.perf_counter()
-    try:
-        current = next(it)
-    except StopIteration:
-        return
-    waited = time.perf_counter() - t0
-    while True:
-        t0 = time.perf_counter()
-        try:
-            following = next(it)
-        except StopIteration:
-            yield current, True, waited
-            return
-        next_wait = time.perf_counter() - t0
-        yield current, False, waited
-        current, waited = following, next_wait
+def _all_ranks_agree(flag: bool, group: Any) -> bool:
+    """True when `flag` is true on every rank of `group` (None: this rank alone decides)."""
+    if group is None or not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=group)
+    return bool(t.item())
+
+
+def control_group() -> Any:
+    """A CPU process group for the host-side agreements of training (which batch is the last, which rows were
+    trained): the default group when it is gloo, else a new gloo group over the same ranks (NCCL collectives
+    would wait for the device). None without a process group of more than one rank. Collective: every rank
+    calls it once."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    if dist.get_backend() == "gloo":
+        return dist.group.WORLD
+    return dist.new_group(backend="gloo")
 
 
 def _no_sync(model: nn.Module, enabled: bool):

@@ -24,7 +24,7 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 import ray  # noqa: E402
 import ray.train  # noqa: E402
 from ray.train import (  # noqa: E402
-    CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback,
+    CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback,
 )
 from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
@@ -93,26 +93,6 @@ class _FailureSummary(UserCallback):
                     self.failures, retry)
 
 
-class _ExactEvalDataConfig(DataConfig):
-    """Train shards are equal (DDP needs the same number of steps on every rank); evaluation shards are disjoint
-    and unequal, so every validation clip is scored exactly once (no rows dropped to equalise, no padding)."""
-
-    def __init__(self, eval_datasets: list[str]):
-        super().__init__(datasets_to_split=["train"])
-        self._eval = set(eval_datasets)
-
-    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        rest = {k: v for k, v in datasets.items() if k not in self._eval}
-        output = super().configure(rest, world_size, worker_handles, worker_node_ids, **kwargs)
-        for name in self._eval & set(datasets):
-            ds = datasets[name]
-            if ds.name is None:
-                ds.set_name(name)
-            for i, split in enumerate(ds.streaming_split(world_size, equal=False, locality_hints=worker_node_ids)):
-                output[i][name] = split
-        return output
-
-
 def train(cfg: Config, *, callbacks: Sequence[Any] = (),
           batch_hook: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> TrainResult:
     """Run (or resume) the training described by `cfg`; returns where the checkpoints and W&B run are.
@@ -156,20 +136,16 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
              f"{cfg.scaling.min_workers}-{workers} (elastic; global batch of {workers})" if cfg.scaling.elastic
              else workers, batch, accum, steps_per_epoch, peak)
 
-    # One run-state actor per launch: the epoch for TSN offsets and this run's decode failures. It lives in the
-    # driver's job, so it survives worker-group restarts.
+    # One run-state actor per launch (this run's decode failures and worker groups). It lives in the driver's
+    # job, so it survives worker-group restarts.
     data_state = create_run_state()
-    datasets = {
-        "train": data_pipeline.build_train_dataset(cfg, cfg.data.manifest, run_state=data_state),
-        "val": data_pipeline.build_eval_dataset(cfg, cfg.data.manifest, cfg.data.val_split, run_state=data_state),
-    }
-    # The training rows' video ids, once in the object store: the workers record the data position with them.
-    train_ids = ray.put(data_pipeline.split_video_ids(cfg.data.manifest, cfg.data.train_split, cfg.data.format))
+    # The splits' rows, read and validated once, in the object store: each worker makes its datasets from them.
+    rows = {name: ray.put(data_pipeline.split_rows(cfg.data.manifest, split, cfg.data.format))
+            for name, split in (("train_rows", cfg.data.train_split), ("val_rows", cfg.data.val_split))}
     trainer = TorchTrainer(
         _train_func,
         train_loop_config={"cfg": cfg.to_dict(), "label_names": label_names, "schedule": vars(schedule),
-                           "data_state": data_state, "train_video_ids": train_ids,
-                           **({"batch_hook": batch_hook} if batch_hook else {})},
+                           "data_state": data_state, **rows, **({"batch_hook": batch_hook} if batch_hook else {})},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             # (min, max): Ray Train V2's elastic policy (docs/cluster.md); an int: a fixed group.
@@ -196,8 +172,6 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
             # caller initialised Ray itself (pipeline.raystart forwards them for the whole job otherwise).
             worker_runtime_env=storage.storage_runtime_env() or {},
         ),
-        datasets=datasets,
-        dataset_config=_ExactEvalDataConfig(eval_datasets=["val"]),
     )
     with _controller_env(cfg):
         result = trainer.fit()
@@ -218,8 +192,9 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
 
 @contextlib.contextmanager
 def _controller_env(cfg: Config):
-    """Ray Train V2 settings that are environment variables, for this fit only: Ray Train forwards them from the
-    driver to its controller and workers (ray.train.v2._internal.constants.ENV_VARS_TO_PROPAGATE)."""
+    """Ray Train V2 settings that are environment variables, for this fit only: Ray Train forwards the
+    RAY_TRAIN_* variables from the driver to its controller and workers. The worker-group start timeout has no
+    public API (docs/training.md); this is the one place that sets it (tests/test_ray_contract.py)."""
     values = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": cfg.scaling.worker_group_start_timeout_s}
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update({k: f"{v:g}" for k, v in values.items() if v is not None})
