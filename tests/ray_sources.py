@@ -13,7 +13,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 @ray.remote(num_cpus=0)
 class Value:
-    """A value the driver sets and a source reads (the shape of DataRunState's epoch)."""
+    """A value the driver sets and a source reads when its dataset runs."""
 
     def __init__(self, value: int = 0):
         self.value = value
@@ -31,8 +31,8 @@ def _read(row: int, value: int):
 
 
 class ValueSource(Datasource):
-    """The shape of pipeline.data.pipeline._ClipSource: `n` rows stamped, in get_read_tasks, with the value the
-    `Value` actor holds then."""
+    """The shape of pipeline.data.pipeline._ClipSource (read tasks yielding generated blocks): `n` rows stamped, in
+    get_read_tasks, with the value the `Value` actor holds then."""
 
     def __init__(self, n: int, value):
         self.n, self.value = n, value
