@@ -89,3 +89,11 @@ def test_target_max_block_size_splits_a_task_output(ray_session):
 def test_supported_minor():
     """pyproject.toml's Ray range: run this file (and `make ray-compat`) on a new minor before widening it."""
     assert ray.__version__.startswith(SUPPORTED_MINORS), ray.__version__
+
+
+def test_the_head_node_carries_the_marker_resource(ray_session):
+    """pipeline.data.run_state keeps the run state on the head node, the one node with this resource."""
+    from pipeline.data.run_state import HEAD_NODE_RESOURCE
+
+    heads = [n for n in ray.nodes() if n.get("Alive") and HEAD_NODE_RESOURCE in n.get("Resources", {})]
+    assert len(heads) == 1

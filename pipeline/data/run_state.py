@@ -64,17 +64,34 @@ class DataRunState:
 def create_run_state(name: str | None = None) -> ray.actor.ActorHandle:
     """A new DataRunState, or (with `name`) the one of that name in this Ray namespace, created if missing.
 
-    Kept on the driver's node: the state must outlive the loss of any other node (elastic runs on spot nodes),
-    and a run whose driver's node is gone is over anyway. The explicit strategy also keeps the actor out of a
+    Kept on the head node: the state must outlive the loss of any worker node (elastic runs on spot nodes), and
+    the head is the one node a cluster keeps. (The driver's own node is not enough: on a machine that runs several
+    nodes, a driver can be attached to any of their raylets.) The explicit strategy also keeps the actor out of a
     placement group its creator runs in (a sweep trial's Tune placement group would otherwise capture it).
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     raystart.ensure_ray()
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    if _head_node_id() is not None:  # a sliver of the head's marker resource: only the head can run it
+        placement: dict[str, Any] = {"resources": {HEAD_NODE_RESOURCE: 0.001}, "scheduling_strategy": "DEFAULT"}
+    else:
+        placement = {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                                           soft=True)}
     if name is None:
-        return DataRunState.options(scheduling_strategy=here).remote()
-    return DataRunState.options(name=name, get_if_exists=True, scheduling_strategy=here).remote()
+        return DataRunState.options(**placement).remote()
+    return DataRunState.options(name=name, get_if_exists=True, **placement).remote()
+
+
+# The resource Ray gives the head node (and no other). Ray's public API has no call that names the head node (the
+# State API's `is_head_node` needs the dashboard and its authentication), so this one function reads it;
+# tests/test_ray_contract.py checks that Ray still sets it.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
+
+def _head_node_id() -> str | None:
+    """The head node of the connected cluster (None: no node carries the marker)."""
+    heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_NODE_RESOURCE in n.get("Resources", {})]
+    return heads[0] if heads else None
 
 
 def record_failures(run_state, failures: list[dict[str, Any]]) -> None:

@@ -54,9 +54,9 @@ class RankData:
 
         def take(batch: dict[str, Any]) -> dict[str, Any]:
             position.record(self._row_of[v] for v in batch.pop("video_id"))
-            return self.hook(batch) if self.hook is not None else batch
+            return batch
 
-        return BatchStream(batches, group=group, on_batch=take), truncated
+        return BatchStream(batches, group=group, on_pull=self.hook, on_batch=take), truncated
 
     def val_batches(self) -> Iterator[dict[str, Any]]:
         """This rank's share of the validation clips (every clip is scored by exactly one rank)."""

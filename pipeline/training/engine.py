@@ -169,7 +169,8 @@ class EpochResult:
 
 class BatchStream:
     """Batches pulled one ahead, so a step knows the stream's last batch (the final accumulation group steps
-    short), with the time spent waiting for them; `on_batch` sees each batch as it is handed out.
+    short), with the time spent waiting for them; `on_pull` sees each batch as it arrives, `on_batch` as it is
+    handed to the step.
 
     With `group` (a process group), the stream ends on every rank as soon as it ends on one: each pull is
     agreed by an all-reduce (MIN) over the group, so every rank runs the same number of micro-batches and DDP's
@@ -179,8 +180,9 @@ class BatchStream:
 
     _EMPTY = object()
 
-    def __init__(self, batches: Iterable[Any], *, group: Any = None, on_batch: Callable[[Any], Any] | None = None):
-        self._it, self._group, self._on_batch = iter(batches), group, on_batch
+    def __init__(self, batches: Iterable[Any], *, group: Any = None, on_pull: Callable[[Any], Any] | None = None,
+                 on_batch: Callable[[Any], Any] | None = None):
+        self._it, self._group, self._on_pull, self._on_batch = iter(batches), group, on_pull, on_batch
         self._next: Any = self._EMPTY
         self._ended = False
         self.wait_s = 0.0
@@ -190,6 +192,8 @@ class BatchStream:
             t0 = time.perf_counter()
             item = next(self._it, self._EMPTY)
             self.wait_s += time.perf_counter() - t0
+            if item is not self._EMPTY and self._on_pull is not None:
+                item = self._on_pull(item)
             if not _all_ranks_agree(item is not self._EMPTY, self._group):
                 item, self._ended = self._EMPTY, True
             self._next = item
