@@ -102,6 +102,13 @@ class OnlineUpdate:
     top_k: tuple[tuple[str, float], ...]  # averaged prediction P_A
     instant_top_k: tuple[tuple[str, float], ...]  # this update's prediction P
 
+    def to_dict(self) -> dict:
+        """One entry of timeline.json (and of the server's stream replies)."""
+        return {"frame": self.frame, "time_s": round(self.time_s, 4), "latency_ms": round(self.latency_ms, 2),
+                "memory_frames": list(self.memory),
+                "top_k": [{"label": n, "prob": round(p, 6)} for n, p in self.top_k],
+                "instant_top_k": [{"label": n, "prob": round(p, 6)} for n, p in self.instant_top_k]}
+
 
 @dataclass
 class OnlineResult:
@@ -146,13 +153,7 @@ class OnlineResult:
             "mean_latency_ms": round(float(latencies.mean()), 2),
             "p95_latency_ms": round(float(np.percentile(latencies, 95)), 2),
             "final": [{"label": n, "prob": round(p, 6)} for n, p in self.final],
-            "timeline": [
-                {"frame": u.frame, "time_s": round(u.time_s, 4), "latency_ms": round(u.latency_ms, 2),
-                 "memory_frames": list(u.memory),
-                 "top_k": [{"label": n, "prob": round(p, 6)} for n, p in u.top_k],
-                 "instant_top_k": [{"label": n, "prob": round(p, 6)} for n, p in u.instant_top_k]}
-                for u in self.updates
-            ],
+            "timeline": [u.to_dict() for u in self.updates],
         }
 
 
