@@ -71,7 +71,8 @@ def _export_onnx(model: torch.nn.Module, x: torch.Tensor, out: Path, meta: str) 
     except ImportError as e:
         raise ImportError("ONNX export needs the onnx extra: pip install 'eco-pipeline[onnx]'") from e
 
-    # The TorchScript-based exporter: one graph with a symbolic batch axis, no extra dependency at export time.
+    # The TorchScript-based exporter (deprecated since torch 2.9, still shipped): a symbolic batch axis from
+    # dynamic_axes and no onnxscript dependency; the torch.export-based one would need both.
     torch.onnx.export(model, (x,), str(out), input_names=["clip"], output_names=["logits"],
                       dynamic_axes={"clip": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET,
                       dynamo=False)

@@ -32,6 +32,7 @@ after a header check of their size; no request body is unpickled.
 import asyncio
 import hashlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -141,6 +142,9 @@ class ECOModel:
         path.write_bytes(data)
         decoder = await self._decoder()
         try:
+            # The container's index first (no decoding): a long video is refused before the exact probe, which
+            # decodes every frame once to count them, would spend its decode time.
+            self._check_frames(await asyncio.to_thread(decoder.probe, str(path), exact=False))
             clip = await asyncio.to_thread(self.predictor.load_clip, str(path), decoder=decoder,
                                            check=self._check_frames)
         except StreamError as e:
@@ -226,7 +230,10 @@ class ECOModel:
     # -- health -----------------------------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
-        return {"device": self.predictor.device.type, "open_streams": len(self.streams), "batches": self.batches,
+        import torch
+
+        return {"device": self.predictor.device.type, "torch_threads": torch.get_num_threads(),
+                "open_streams": len(self.streams), "batches": self.batches,
                 "batched_clips": self.batched_clips}
 
     def check_health(self) -> None:
@@ -274,7 +281,7 @@ class ECOIngress:
         self.shards = streams
         self.settings = ServeSettings.from_dict(settings)
 
-    async def _body(self, request: Request, *, kind: str) -> bytes:
+    async def _body(self, request: Request, *, kind: str, empty_ok: bool = False) -> bytes:
         """The request body, refused (413) as soon as it passes the limit, before it is all read."""
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
@@ -286,7 +293,7 @@ class ECOIngress:
             if size > limit:
                 raise _HTTPError(413, "body_too_large", f"{kind} over {limit} bytes")
             chunks.append(chunk)
-        if not size:
+        if not size and not empty_ok:
             raise _HTTPError(400, "empty_body", f"the request carries no {kind}")
         return b"".join(chunks)
 
@@ -329,9 +336,9 @@ class ECOIngress:
     async def create_stream(self, request: Request) -> JSONResponse:
         s = self.settings
         params: dict[str, Any] = {}
-        if await request.body():
+        if body := await self._body(request, kind="JSON object", empty_ok=True):
             try:
-                params = await request.json()
+                params = json.loads(body)
             except ValueError:
                 raise _HTTPError(400, "bad_parameter", "the body must be a JSON object (or empty)") from None
             if not isinstance(params, dict):
