@@ -14,6 +14,7 @@ import pickle
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +251,22 @@ def test_stream_table_expiry_and_limits_with_a_fake_clock():
         table.get("zzz")
     assert unknown.value.reason == "unknown_stream"
     table.create("c", "state-c", idle_s=5)  # room again
+
+
+@pytest.mark.timeout(30)
+def test_serve_config_is_valid_for_serve_deploy():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from pipeline.serving.settings import ServeSettings
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "serve.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") \
+        else ServeDeploySchema.parse_obj(config)
+    (app,) = schema.applications
+    assert app.import_path == "pipeline.serving.app:build_app"
+    settings = ServeSettings.from_dict(app.args)  # every key is a setting
+    assert settings.checkpoint.startswith("s3://") and settings.gpus_per_replica == "auto"
+    assert [d.name for d in app.deployments] == ["ECOClips"]
+    with pytest.raises(ValueError, match="unknown key.*max_batch"):
+        ServeSettings.from_dict({**app.args, "max_batch": 4})

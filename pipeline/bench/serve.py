@@ -83,12 +83,34 @@ def load_level(url: str, data: bytes, *, clients: int, requests: int) -> dict[st
             "mean_batch": round((after["batched_clips"] - before["batched_clips"]) / max(1, batches), 2)}
 
 
+def _baseline(ckpt: Path, clip: Path, n: int, device: str) -> tuple[float, dict[int, float]]:
+    """Seconds per clip of `eco predict`'s loop over `n` clips, and the model alone (ms per clip at batch 1, 8)."""
+    from pipeline.inference import Predictor
+
+    with Predictor.from_checkpoint(ckpt, device=device) as predictor:
+        predictor.predict([clip])  # warm-up: decoder child, first forward
+        begin = time.perf_counter()
+        for _ in range(n):
+            predictor.predict([clip], top_k=5)
+        per_clip = (time.perf_counter() - begin) / n
+        # The model alone: what a batch saves per clip on this device, without decoding or HTTP.
+        model_ms = {}
+        for size in (1, 8):
+            batch = np.zeros((size, SEGMENTS, CROP, CROP, 3), np.uint8)
+            predictor.predict_clips(batch)
+            repeats = max(1, 16 // size)
+            begin = time.perf_counter()
+            for _ in range(repeats):
+                predictor.predict_clips(batch)
+            model_ms[size] = round((time.perf_counter() - begin) / (repeats * size) * 1000, 1)
+    return per_clip, model_ms
+
+
 def measure(*, quick: bool = False, cpus: int = 1, port: int = 8765) -> dict[str, Any]:
     import ray
     import torch
     from ray import serve
 
-    from pipeline.inference import Predictor
     from pipeline.serving import app as serving
     from pipeline.serving.settings import ServeSettings
 
@@ -99,9 +121,18 @@ def measure(*, quick: bool = False, cpus: int = 1, port: int = 8765) -> dict[str
         clip = _clip(tmp)
         data = clip.read_bytes()
 
+        # Baseline: `eco predict`'s loop, one clip at a time, in this process with the replica's torch threads (1
+        # by default: Ray sets OMP_NUM_THREADS to the replica's CPUs; more threads than free cores makes each
+        # forward several times slower on a shared machine).
+        torch.set_num_threads(cpus)
+        baseline_n = requests[1]
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # as the replica's (gpus_per_replica: auto)
+        before, _ = _baseline(ckpt, clip, baseline_n, device)
+
         # The server: one clip replica and one stream shard with `cpus` CPUs each (Ray sets OMP_NUM_THREADS, so
         # torch uses that many threads in the replica).
-        ray.init(num_cpus=2 * cpus, include_dashboard=False, logging_level="warning", log_to_driver=False)
+        ray.init(address="local", num_cpus=2 * cpus, include_dashboard=False, logging_level="warning",
+                 log_to_driver=False)
         try:
             settings = ServeSettings(checkpoint=str(ckpt), port=port, min_replicas=1, max_replicas=1,
                                      cpus_per_replica=float(cpus), gpus_per_replica="auto", max_batch_size=8,
@@ -114,32 +145,18 @@ def measure(*, quick: bool = False, cpus: int = 1, port: int = 8765) -> dict[str
             serve.shutdown()
             ray.shutdown()
 
-        # Baseline: `eco predict`'s loop, one clip at a time, in this process with the replica's torch threads
-        # (more threads than free cores makes each forward several times slower on a shared machine).
+        # Baseline again, after the server: on a shared machine the load changes during a run, so the baseline
+        # brackets the server's measurement (the mean of both is the reference).
         torch.set_num_threads(replica["torch_threads"])
-        baseline_n = requests[1]
-        with Predictor.from_checkpoint(ckpt, device="cpu") as predictor:
-            predictor.predict([clip])  # warm-up: decoder child, first forward
-            begin = time.perf_counter()
-            for _ in range(baseline_n):
-                predictor.predict([clip], top_k=5)
-            per_clip = (time.perf_counter() - begin) / baseline_n
-            # The model alone: what a batch saves per clip on this device, without decoding or HTTP.
-            model_ms = {}
-            for size in (1, 8):
-                batch = np.zeros((size, SEGMENTS, CROP, CROP, 3), np.uint8)
-                predictor.predict_clips(batch)
-                begin = time.perf_counter()
-                for _ in range(max(1, 16 // size)):
-                    predictor.predict_clips(batch)
-                model_ms[size] = round((time.perf_counter() - begin) / (max(1, 16 // size) * size) * 1000, 1)
-    device = replica["device"]
+        after, model_ms = _baseline(ckpt, clip, baseline_n, device)
+        per_clip = (before + after) / 2
     return {"model": f"ECO-Lite {SEGMENTS} segments at {CROP} px (random weights)",
             "clip": "340x256 H.264, 30 fps, 2 s", "cpus": cpus, "torch_threads": replica["torch_threads"],
-            "device": device, "machine_cpus": os.cpu_count(),
+            "device": replica["device"], "machine_cpus": os.cpu_count(),
             "load_average": [round(v, 2) for v in os.getloadavg()],
             "baseline": {"what": "eco predict, one clip at a time", "clips": baseline_n,
-                         "ms_per_clip": round(per_clip * 1000, 1), "clips_per_s": round(1 / per_clip, 2)},
+                         "ms_per_clip": round(per_clip * 1000, 1), "clips_per_s": round(1 / per_clip, 2),
+                         "ms_per_clip_before_after": [round(before * 1000, 1), round(after * 1000, 1)]},
             "model_ms_per_clip": {"batch_1": model_ms[1], "batch_8": model_ms[8]},
             "serve": levels, "batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}}
 
@@ -149,7 +166,9 @@ def format_results(res: dict[str, Any]) -> str:
     lines = [f"eco bench serve: {res['model']}, clip {res['clip']}, {res['cpus']} CPUs per process "
              f"({res['device']}, {res['torch_threads']} torch threads); load average at the end {res['load_average']}",
              f"  eco predict (one clip at a time): {base['ms_per_clip']:.0f} ms per clip = "
-             f"{base['clips_per_s']:.2f} clips/s over {base['clips']} clips",
+             f"{base['clips_per_s']:.2f} clips/s over {base['clips']} clips (mean of "
+             f"{base['ms_per_clip_before_after'][0]:.0f} ms before and {base['ms_per_clip_before_after'][1]:.0f} ms "
+             f"after the server)",
              f"  the model alone: {res['model_ms_per_clip']['batch_1']:.0f} ms per clip at batch 1, "
              f"{res['model_ms_per_clip']['batch_8']:.0f} ms per clip at batch 8",
              f"  {'clients':>7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'clips/s':>8} {'vs predict':>10} "

@@ -424,20 +424,24 @@ def start(settings: ServeSettings, *, name: str = "eco") -> str:
 
 
 def serve_main(args) -> int:
-    """`eco serve --checkpoint C | --exported F [settings]`: serves until Ctrl-C."""
+    """`eco serve --checkpoint C | --exported F [settings]`: serves until Ctrl-C or SIGTERM."""
+    import signal
     import threading
 
     from pipeline import raystart
 
     settings = from_args(args)
     raystart.ensure_ray(num_cpus=args.num_cpus)
-    url = start(settings)
-    print(f"serving {settings.model_source} at {url}: POST /v1/clips, POST /v1/streams, GET /health "
-          f"(docs/inference.md); Ctrl-C stops", flush=True)
+    stop = threading.Event()
+    # Explicit handlers: a process started in the background by a shell ignores SIGINT, and containers stop with
+    # SIGTERM; both shut Serve down cleanly.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
+        url = start(settings)
+        print(f"serving {settings.model_source} at {url}: POST /v1/clips, POST /v1/streams, GET /health "
+              f"(docs/inference.md); Ctrl-C stops", flush=True)
+        stop.wait()
     finally:
         serve.shutdown()
     return 0
