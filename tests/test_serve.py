@@ -29,6 +29,7 @@ MAX_BODY_MB = 0.5
 MAX_CLIP_FRAMES = 16
 MAX_FRAME_PIXELS = 200 * 200
 MAX_STREAMS = 2  # per shard
+MAX_FRAMES_PER_REQUEST = 8
 SHARDS = 2
 
 
@@ -57,6 +58,7 @@ def server(tiny_task, ray_session, tmp_path_factory):  # noqa: F811
     exported = export_model(tiny_task["checkpoint"], tmp_path_factory.mktemp("serve") / "eco.pt", fmt="torchscript")
     settings = ServeSettings(exported=str(exported), port=_free_port(), max_body_mb=MAX_BODY_MB,
                              max_clip_frames=MAX_CLIP_FRAMES, max_frame_pixels=MAX_FRAME_PIXELS,
+                             max_frames_per_request=MAX_FRAMES_PER_REQUEST,
                              max_streams=MAX_STREAMS, stream_shards=SHARDS, min_replicas=1, max_replicas=1,
                              gpus_per_replica="0", cpus_per_replica=1.0, decoders_per_replica=1,
                              stream_idle_s=120.0, max_batch_size=4)
@@ -118,15 +120,19 @@ def test_stream_matches_eco_predict_online(server, tiny_task, tmp_path):
     sid = stream["stream_id"]
     assert (stream["every"], stream["memory"], stream["frames"], stream["prediction"]) == (4, 4, 0, None)
 
-    served = []
-    for i, data in enumerate(jpegs):
-        reply = requests.post(f"{server}/v1/streams/{sid}/frames", data=data,
-                              headers={"Content-Type": "image/jpeg"}, timeout=120)
+    # The first frames one per request (a JPEG body), the rest several per request (multipart, as curl -F sends).
+    served, sent = [], 0
+    for chunk in [jpegs[i:i + 1] for i in range(6)] + [jpegs[6:11], jpegs[11:19], jpegs[19:22]]:
+        reply = _post_frames(f"{server}/v1/streams/{sid}/frames", chunk)
         assert reply.status_code == 200, reply.text
         body = reply.json()
-        assert body["frames"] == i + 1 and body["updated"] == ((i + 1) % 4 == 0)
+        sent += len(chunk)
+        assert body["frames"] == sent and body["updated"] == bool(body["new_updates"])
+        if len(chunk) == 1:
+            assert body["updated"] == (sent % 4 == 0)
+        served += body["new_updates"]
         if body["updated"]:
-            served.append(body["prediction"])
+            assert body["prediction"] == body["new_updates"][-1]
     state = requests.get(f"{server}/v1/streams/{sid}", timeout=60).json()
     assert state["queued"] == 2 and state["updates"] == 5
     ended = requests.delete(f"{server}/v1/streams/{sid}", timeout=120)
@@ -153,6 +159,13 @@ def test_stream_matches_eco_predict_online(server, tiny_task, tmp_path):
         assert got["top_k"][0]["label"] == offline.top_k[0][0] == "blue"
         assert abs(got["top_k"][0]["prob"] - offline.top_k[0][1]) < 0.02
     assert served[-1]["top_k"][0]["label"] == from_video.final[0][0]
+
+
+def _post_frames(url: str, jpegs: list[bytes]) -> requests.Response:
+    if len(jpegs) == 1:
+        return requests.post(url, data=jpegs[0], headers={"Content-Type": "image/jpeg"}, timeout=120)
+    return requests.post(url, files=[(f"f{i}", (f"{i}.jpg", j, "image/jpeg")) for i, j in enumerate(jpegs)],
+                         timeout=120)
 
 
 def _error(reply: requests.Response) -> tuple[int, str, str]:
@@ -194,6 +207,11 @@ def test_bad_inputs_get_clear_4xx(server, tiny_task, tmp_path):
     assert (status, reason) == (415, "not_a_jpeg") and "not a JPEG" in detail
     status, reason, detail = _error(requests.post(frames, data=_jpeg(np.zeros((300, 300, 3), np.uint8)), timeout=60))
     assert (status, reason) == (413, "frame_too_large") and "300x300" in detail
+    status, reason, detail = _error(_post_frames(frames, [tiny] * (MAX_FRAMES_PER_REQUEST + 1)))
+    assert (status, reason) == (413, "too_many_frames") and f"more than {MAX_FRAMES_PER_REQUEST} frames" in detail
+    status, reason, _ = _error(requests.post(frames, data=tiny, headers={"Content-Type": "multipart/mixed"},
+                                             timeout=60))
+    assert (status, reason) == (400, "bad_multipart")
     assert requests.get(f"{streams}/{sid}", timeout=60).json()["frames"] == 0  # refused frames were not queued
 
     # Open streams are bounded per shard: create until refused (at most every shard full + 1).

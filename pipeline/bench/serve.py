@@ -2,7 +2,9 @@
 
 One Kinetics-like H.264 clip (340x256, 30 fps, 2 s) is posted to POST /v1/clips by 1, 8 and 32 concurrent
 clients, a fixed number of requests each level; per level: p50 / p99 latency, clips/s and the mean batch the
-replica ran. The baseline is what `eco predict` does per video in one process: decode + preprocess + one forward
+replica ran. Then 1, 8 and 32 concurrent streams each post the same 32 JPEG frames (an update every 4): p50 / p99
+of the requests that triggered an update, updates/s and the mean batch of the stream shard, against
+`eco predict --online`'s loop (`run_online`, one forward per update) on the same frames. The baseline is what `eco predict` does per video in one process: decode + preprocess + one forward
 of batch 1 (`Predictor.predict([clip])`), timed over the same number of clips. The baseline process uses as many
 torch threads as the replica (1 CPU by default), so the ratio is the gain of batching and of overlapping decoding
 with the model, not of more cores (decoding runs in child processes in both).
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 LEVELS = (1, 8, 32)  # concurrent clients
 SEGMENTS, SHORT_SIDE, CROP = 4, 128, 112
+STREAM_FRAMES, STREAM_EVERY = 32, 4  # per stream: 32 JPEG frames (340x256), an update every 4
 
 
 def _checkpoint(directory: Path, *, segments: int, short_side: int, crop: int) -> Path:
@@ -60,6 +63,74 @@ def _post(url: str, data: bytes) -> float:
     with urllib.request.urlopen(request, timeout=600) as reply:
         json.loads(reply.read())
     return time.perf_counter() - start
+
+
+def _call(url: str, method: str, data: bytes | None = None) -> tuple[dict[str, Any], float]:
+    start = time.perf_counter()
+    with urllib.request.urlopen(urllib.request.Request(url, data=data, method=method), timeout=600) as reply:
+        body = json.loads(reply.read())
+    return body, time.perf_counter() - start
+
+
+def _frames_jpeg(count: int) -> list[bytes]:
+    import io
+
+    from PIL import Image
+
+    from pipeline.bench._common import kinetics_like_frames
+
+    out = []
+    for frame in kinetics_like_frames(count / 30, 30, 340, 256, seed=1):
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def stream_level(url: str, jpegs: list[bytes], *, streams: int, every: int) -> dict[str, Any]:
+    """`streams` concurrent streams, each posting every frame of `jpegs` in order (one request per frame);
+    the latency of the requests that triggered an update, updates/s and the mean batch of the stream shard."""
+    before = _get(url)["stream_shards"][0]
+
+    def one_stream(_: int) -> list[float]:
+        created, _ = _call(f"{url}/v1/streams", "POST", json.dumps({"every": every}).encode())
+        frames_url = f"{url}/v1/streams/{created['stream_id']}/frames"
+        latencies = []
+        for data in jpegs:
+            body, seconds = _call(frames_url, "POST", data)
+            if body["updated"]:
+                latencies.append(seconds)
+        _call(f"{url}/v1/streams/{created['stream_id']}", "DELETE")
+        return latencies
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(streams) as pool:
+        latencies = np.array([t for ts in pool.map(one_stream, range(streams)) for t in ts])
+    wall = time.perf_counter() - start
+    after = _get(url)["stream_shards"][0]
+    batches = after["batches"] - before["batches"]
+    return {"streams": streams, "frames": streams * len(jpegs), "updates": len(latencies), "wall_s": round(wall, 2),
+            "updates_per_s": round(len(latencies) / wall, 2), "frames_per_s": round(streams * len(jpegs) / wall, 2),
+            "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
+            "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1),
+            "mean_batch": round((after["batched_clips"] - before["batched_clips"]) / max(1, batches), 2)}
+
+
+def _online_baseline(ckpt: Path, jpegs: list[bytes], every: int, device: str) -> float:
+    """Seconds per update of `eco predict --online`'s loop (`run_online`) on the same frames, decoded beforehand."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.inference import Predictor
+    from pipeline.inference.online import run_online
+
+    frames = [np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs]
+    with Predictor.from_checkpoint(ckpt, device=device) as predictor:
+        run_online(frames[:every], predictor, every=every)  # warm-up
+        begin = time.perf_counter()
+        result = run_online(frames, predictor, every=every)
+        return (time.perf_counter() - begin) / len(result.updates)
 
 
 def _get(url: str) -> dict[str, Any]:
@@ -120,6 +191,7 @@ def measure(*, quick: bool = False, cpus: int = 1, port: int = 8765) -> dict[str
         ckpt = _checkpoint(tmp, segments=SEGMENTS, short_side=SHORT_SIDE, crop=CROP)
         clip = _clip(tmp)
         data = clip.read_bytes()
+        jpegs = _frames_jpeg(STREAM_FRAMES // 2 if quick else STREAM_FRAMES)
 
         # Baseline: `eco predict`'s loop, one clip at a time, in this process with the replica's torch threads (1
         # by default: Ray sets OMP_NUM_THREADS to the replica's CPUs; more threads than free cores makes each
@@ -140,6 +212,7 @@ def measure(*, quick: bool = False, cpus: int = 1, port: int = 8765) -> dict[str
             url = serving.start(settings, name="eco-bench")
             _post(url, data)  # warm-up
             levels = [load_level(url, data, clients=c, requests=requests[c]) for c in LEVELS]
+            stream_levels = [stream_level(url, jpegs, streams=c, every=STREAM_EVERY) for c in LEVELS]
             replica = _get(url)["clips"]
         finally:
             serve.shutdown()
@@ -149,6 +222,7 @@ def measure(*, quick: bool = False, cpus: int = 1, port: int = 8765) -> dict[str
         # brackets the server's measurement (the mean of both is the reference).
         torch.set_num_threads(replica["torch_threads"])
         after, model_ms = _baseline(ckpt, clip, baseline_n, device)
+        online_s = _online_baseline(ckpt, jpegs, STREAM_EVERY, device)
         per_clip = (before + after) / 2
     return {"model": f"ECO-Lite {SEGMENTS} segments at {CROP} px (random weights)",
             "clip": "340x256 H.264, 30 fps, 2 s", "cpus": cpus, "torch_threads": replica["torch_threads"],
@@ -158,7 +232,10 @@ def measure(*, quick: bool = False, cpus: int = 1, port: int = 8765) -> dict[str
                          "ms_per_clip": round(per_clip * 1000, 1), "clips_per_s": round(1 / per_clip, 2),
                          "ms_per_clip_before_after": [round(before * 1000, 1), round(after * 1000, 1)]},
             "model_ms_per_clip": {"batch_1": model_ms[1], "batch_8": model_ms[8]},
-            "serve": levels, "batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}}
+            "serve": levels,
+            "online_baseline": {"what": "eco predict --online's loop on the same frames (run_online), batch 1",
+                                "ms_per_update": round(online_s * 1000, 1), "updates_per_s": round(1 / online_s, 2)},
+            "streams": stream_levels, "stream_every": STREAM_EVERY, "stream_frames": len(jpegs), "batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}}
 
 
 def format_results(res: dict[str, Any]) -> str:
@@ -177,6 +254,16 @@ def format_results(res: dict[str, Any]) -> str:
         lines.append(f"  {r['clients']:>7} {r['requests']:>8} {r['p50_ms']:>8.0f} {r['p99_ms']:>8.0f} "
                      f"{r['clips_per_s']:>8.2f} {r['clips_per_s'] / base['clips_per_s']:>9.2f}x "
                      f"{r['mean_batch']:>10.2f}")
+    online = res["online_baseline"]
+    lines += [f"  streams ({res['stream_frames']} JPEG frames each, one request per frame, an update every "
+              f"{res['stream_every']}): eco predict --online's loop {online['ms_per_update']:.0f} ms per update = "
+              f"{online['updates_per_s']:.2f} updates/s",
+              f"  {'streams':>7} {'updates':>8} {'p50 ms':>8} {'p99 ms':>8} {'upd/s':>8} {'vs online':>10} "
+              f"{'mean batch':>10} {'frames/s':>9}"]
+    for r in res["streams"]:
+        lines.append(f"  {r['streams']:>7} {r['updates']:>8} {r['p50_ms']:>8.0f} {r['p99_ms']:>8.0f} "
+                     f"{r['updates_per_s']:>8.2f} {r['updates_per_s'] / online['updates_per_s']:>9.2f}x "
+                     f"{r['mean_batch']:>10.2f} {r['frames_per_s']:>9.1f}")
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@
 Routes (docs/inference.md, "Serving"):
     POST   /v1/clips?top_k=K&name=N       body: a video file   -> `eco predict --json`'s document for that video
     POST   /v1/streams                    JSON {every, top_k, idle_s, fps} (all optional) -> 201 {stream_id, ...}
-    POST   /v1/streams/{id}/frames        body: one JPEG frame  -> the stream's current prediction
+    POST   /v1/streams/{id}/frames        body: one JPEG, or several as multipart parts -> the current prediction
     GET    /v1/streams/{id}               the current prediction (does not count as use)
     DELETE /v1/streams/{id}               ends the stream: the queued frames are classified (as at the end of a
                                           video in `eco predict --online`) and the final prediction returned
@@ -76,6 +76,34 @@ def decode_jpeg(data: bytes, *, max_pixels: int) -> np.ndarray:
         raise
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad input; all mean "not a JPEG"
         raise StreamError(415, "not_a_jpeg", f"the body is not a JPEG image ({type(e).__name__}: {e})") from e
+
+
+def split_frames(body: bytes, content_type: str, *, max_frames: int) -> list[bytes]:
+    """The JPEG frames of a request body: the body itself, or each part of a multipart body (`multipart/mixed`,
+    or `multipart/form-data` as `curl -F f1=@a.jpg -F f2=@b.jpg` sends it), in order. StreamError 413 when there
+    are more than `max_frames`, 400 when a multipart body is malformed."""
+    kind, _, params = content_type.partition(";")
+    if not kind.strip().lower().startswith("multipart/"):
+        return [body]
+    boundary = next((v.strip().strip('"') for k, _, v in (p.strip().partition("=") for p in params.split(";"))
+                     if k.lower() == "boundary"), "")
+    if not boundary:
+        raise StreamError(400, "bad_multipart", f"{kind.strip()} without a boundary parameter")
+    # RFC 2046 section 5.1.1: parts are separated by CRLF "--" boundary; the last delimiter ends with "--".
+    chunks = (b"\r\n" + body).split(b"\r\n--" + boundary.encode())
+    parts = []
+    for chunk in chunks[1:]:
+        if chunk.startswith(b"--"):
+            break
+        _, sep, data = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            raise StreamError(400, "bad_multipart", "a multipart part without a blank line after its headers")
+        parts.append(data)
+        if len(parts) > max_frames:
+            raise StreamError(413, "too_many_frames", f"more than {max_frames} frames in one request")
+    if not parts:
+        raise StreamError(400, "bad_multipart", f"no parts delimited by --{boundary[:70]}")
+    return parts
 
 
 class ECOModel:
@@ -186,23 +214,29 @@ class ECOModel:
         body = {**self._describe(stream_id, stream), "idle_s": idle_s, "top_k": top_k}
         return {"status": 201, "body": body}
 
-    async def push_frame(self, stream_id: str, data: bytes) -> dict[str, Any]:
-        """Queue one JPEG frame; when `every` frames are queued, update the memory and classify it."""
+    async def push_frames(self, stream_id: str, data: bytes, content_type: str) -> dict[str, Any]:
+        """Queue the request's JPEG frames in order; every time `every` frames are queued, update the memory and
+        classify it (the updates of one request go through the batch queue one after the other)."""
         arrived = time.perf_counter()
+        s = self.settings
         try:
             self.streams.sweep()
             entry = self.streams.get(stream_id)
-            frame = await asyncio.to_thread(decode_jpeg, data, max_pixels=self.settings.max_frame_pixels)
+            parts = split_frames(data, content_type, max_frames=s.max_frames_per_request)
+            frames = await asyncio.to_thread(lambda: [decode_jpeg(p, max_pixels=s.max_frame_pixels) for p in parts])
         except StreamError as e:
             return _error(e.status, e.reason, e.detail)
         async with entry.lock:  # one stream's frames are pushed in arrival order, one request at a time
             stream = entry.state
-            due = stream.push(frame)
-            if due:
-                probs = await self._forward(stream.next_clip())
-                stream.record(probs, arrived)
+            new = []
+            for frame in frames:
+                if stream.push(frame):
+                    probs = await self._forward(stream.next_clip())
+                    new.append(stream.record(probs, arrived).to_dict())
             self.streams.touch(entry)
-            return {"status": 200, "body": self._describe(stream_id, stream, updated=due)}
+            body = self._describe(stream_id, stream, updated=bool(new))
+            body["new_updates"] = new
+            return {"status": 200, "body": body}
 
     async def stream_state(self, stream_id: str) -> dict[str, Any]:
         try:
@@ -364,7 +398,8 @@ class ECOIngress:
     async def push_frame(self, stream_id: str, request: Request) -> JSONResponse:
         shard = self._shard(stream_id)
         data = await self._body(request, kind="frame")
-        return _reply(await shard.push_frame.remote(stream_id, data))
+        content_type = request.headers.get("content-type", "image/jpeg")
+        return _reply(await shard.push_frames.remote(stream_id, data, content_type))
 
     @api.get("/v1/streams/{stream_id}")
     async def stream_state(self, stream_id: str) -> JSONResponse:

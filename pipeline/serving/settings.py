@@ -43,6 +43,7 @@ class ServeSettings:
     max_body_mb: float = 64.0  # a clip upload or one JPEG frame
     max_clip_frames: int = 9000  # 5 minutes at 30 fps; longer videos are refused before decoding
     max_frame_pixels: int = 3840 * 2160  # one JPEG frame, checked from its header before decoding
+    max_frames_per_request: int = 64  # JPEG frames in one multipart stream request
     decode_timeout_s: float = 30.0
     max_streams: int = 256  # open streams per shard
     stream_idle_s: float = 60.0  # a stream unused this long is forgotten; clients may ask for less, not more
@@ -58,7 +59,8 @@ class ServeSettings:
             raise ValueError("serve settings: give exactly one of checkpoint (a checkpoint) or exported (an "
                              "`eco export` file)")
         positive = ("top_k", "top_k_max", "max_batch_size", "min_replicas", "max_replicas", "stream_shards",
-                    "decoders_per_replica", "max_body_mb", "max_clip_frames", "max_frame_pixels", "max_streams",
+                    "decoders_per_replica", "max_body_mb", "max_clip_frames", "max_frame_pixels", "max_frames_per_request",
+                    "max_streams",
                     "stream_idle_s", "every_default", "every_max", "decode_timeout_s", "target_ongoing_requests")
         bad = [f"{k}={getattr(self, k)!r}" for k in positive if not getattr(self, k) > 0]
         if self.min_replicas > self.max_replicas:
