@@ -2,8 +2,8 @@
 
 One Kinetics-like H.264 clip (340x256, 30 fps, 2 s) is posted to POST /v1/clips by 1, 8 and 32 concurrent
 clients, a fixed number of requests each level; per level: p50 / p99 latency, clips/s and the mean batch the
-replica ran. Then 1, 8 and 32 concurrent streams each post the same 32 JPEG frames (an update every 4): p50 / p99
-of the requests that triggered an update, updates/s and the mean batch of the stream shard, against
+replica ran. Then 1, 8 and 32 concurrent streams each post the same 32 JPEG frames (an update every 4), one frame
+per request and then 4 per request (multipart): p50 / p99 of the requests that triggered an update, updates/s and the mean batch of the stream shard, against
 `eco predict --online`'s loop (`run_online`, one forward per update) on the same frames. The baseline is what `eco predict` does per video in one process: decode + preprocess + one forward
 of batch 1 (`Predictor.predict([clip])`), timed over the same number of clips. The baseline process uses as many
 torch threads as the replica (1 CPU by default), so the ratio is the gain of batching and of overlapping decoding
@@ -65,9 +65,20 @@ def _post(url: str, data: bytes) -> float:
     return time.perf_counter() - start
 
 
-def _call(url: str, method: str, data: bytes | None = None) -> tuple[dict[str, Any], float]:
+def _multipart(parts: list[bytes]) -> tuple[bytes, str]:
+    """A multipart/mixed body of JPEG parts, and its content type."""
+    boundary = "eco-bench-frame-boundary"
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: image/jpeg\r\n\r\n" + p + b"\r\n"
+                    for p in parts)
+    return body + b"--" + boundary.encode() + b"--\r\n", f"multipart/mixed; boundary={boundary}"
+
+
+def _call(url: str, method: str, data: bytes | None = None, content_type: str | None = None
+          ) -> tuple[dict[str, Any], float]:
     start = time.perf_counter()
-    with urllib.request.urlopen(urllib.request.Request(url, data=data, method=method), timeout=600) as reply:
+    headers = {"Content-Type": content_type} if content_type else {}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=600) as reply:
         body = json.loads(reply.read())
     return body, time.perf_counter() - start
 
@@ -87,19 +98,20 @@ def _frames_jpeg(count: int) -> list[bytes]:
     return out
 
 
-def stream_level(url: str, jpegs: list[bytes], *, streams: int, every: int) -> dict[str, Any]:
-    """`streams` concurrent streams, each posting every frame of `jpegs` in order (one request per frame);
-    the latency of the requests that triggered an update, updates/s and the mean batch of the stream shard."""
+def stream_level(url: str, jpegs: list[bytes], *, streams: int, every: int, per_request: int) -> dict[str, Any]:
+    """`streams` concurrent streams, each posting the frames of `jpegs` in order, `per_request` per request
+    (multipart); the latency of the requests that triggered an update, updates/s, the shard's mean batch."""
     before = _get(url)["stream_shards"][0]
 
     def one_stream(_: int) -> list[float]:
         created, _ = _call(f"{url}/v1/streams", "POST", json.dumps({"every": every}).encode())
         frames_url = f"{url}/v1/streams/{created['stream_id']}/frames"
         latencies = []
-        for data in jpegs:
-            body, seconds = _call(frames_url, "POST", data)
-            if body["updated"]:
-                latencies.append(seconds)
+        for first in range(0, len(jpegs), per_request):
+            chunk = jpegs[first:first + per_request]
+            data, content_type = _multipart(chunk) if len(chunk) > 1 else (chunk[0], "image/jpeg")
+            body, seconds = _call(frames_url, "POST", data, content_type)
+            latencies += [seconds] * len(body["new_updates"])
         _call(f"{url}/v1/streams/{created['stream_id']}", "DELETE")
         return latencies
 
@@ -109,7 +121,7 @@ def stream_level(url: str, jpegs: list[bytes], *, streams: int, every: int) -> d
     wall = time.perf_counter() - start
     after = _get(url)["stream_shards"][0]
     batches = after["batches"] - before["batches"]
-    return {"streams": streams, "frames": streams * len(jpegs), "updates": len(latencies), "wall_s": round(wall, 2),
+    return {"streams": streams, "frames_per_request": per_request, "frames": streams * len(jpegs), "updates": len(latencies), "wall_s": round(wall, 2),
             "updates_per_s": round(len(latencies) / wall, 2), "frames_per_s": round(streams * len(jpegs) / wall, 2),
             "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
             "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1),
@@ -212,7 +224,8 @@ def measure(*, quick: bool = False, cpus: int = 1, port: int = 8765) -> dict[str
             url = serving.start(settings, name="eco-bench")
             _post(url, data)  # warm-up
             levels = [load_level(url, data, clients=c, requests=requests[c]) for c in LEVELS]
-            stream_levels = [stream_level(url, jpegs, streams=c, every=STREAM_EVERY) for c in LEVELS]
+            stream_levels = [stream_level(url, jpegs, streams=c, every=STREAM_EVERY, per_request=n)
+                             for n in (1, STREAM_EVERY) for c in LEVELS]
             replica = _get(url)["clips"]
         finally:
             serve.shutdown()
@@ -255,13 +268,14 @@ def format_results(res: dict[str, Any]) -> str:
                      f"{r['clips_per_s']:>8.2f} {r['clips_per_s'] / base['clips_per_s']:>9.2f}x "
                      f"{r['mean_batch']:>10.2f}")
     online = res["online_baseline"]
-    lines += [f"  streams ({res['stream_frames']} JPEG frames each, one request per frame, an update every "
-              f"{res['stream_every']}): eco predict --online's loop {online['ms_per_update']:.0f} ms per update = "
+    lines += [f"  streams ({res['stream_frames']} JPEG frames each, an update every {res['stream_every']}): "
+              f"eco predict --online's loop {online['ms_per_update']:.0f} ms per update = "
               f"{online['updates_per_s']:.2f} updates/s",
-              f"  {'streams':>7} {'updates':>8} {'p50 ms':>8} {'p99 ms':>8} {'upd/s':>8} {'vs online':>10} "
-              f"{'mean batch':>10} {'frames/s':>9}"]
+              f"  {'streams':>7} {'fr/req':>6} {'updates':>8} {'p50 ms':>8} {'p99 ms':>8} {'upd/s':>8} "
+              f"{'vs online':>10} {'mean batch':>10} {'frames/s':>9}"]
     for r in res["streams"]:
-        lines.append(f"  {r['streams']:>7} {r['updates']:>8} {r['p50_ms']:>8.0f} {r['p99_ms']:>8.0f} "
+        lines.append(f"  {r['streams']:>7} {r['frames_per_request']:>6} {r['updates']:>8} {r['p50_ms']:>8.0f} "
+                     f"{r['p99_ms']:>8.0f} "
                      f"{r['updates_per_s']:>8.2f} {r['updates_per_s'] / online['updates_per_s']:>9.2f}x "
                      f"{r['mean_batch']:>10.2f} {r['frames_per_s']:>9.1f}")
     return "\n".join(lines)
