@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from pipeline.serving.streams import StreamError, StreamTable
-from tests.test_inference import CLASSES, COLOURS, _write_video, tiny_task  # noqa: F401 - the session fixture
+from tests.test_inference import COLOURS, _write_video, tiny_task  # noqa: F401 - the session fixture
 
 requests = pytest.importorskip("requests")
 pytest.importorskip("ray.serve", reason="ray[serve] (make setup installs it)")
@@ -30,6 +30,9 @@ MAX_CLIP_FRAMES = 16
 MAX_FRAME_PIXELS = 200 * 200
 MAX_STREAMS = 2  # per shard
 MAX_FRAMES_PER_REQUEST = 8
+# Each test's timeout includes the module's server start when it is the first to run: deploying 4 replicas (each a
+# process importing torch) took over 120 s on this 2-core machine at a load average of 30.
+SERVER_TIMEOUT_S = 420
 SHARDS = 2
 
 
@@ -67,7 +70,7 @@ def server(tiny_task, ray_session, tmp_path_factory):  # noqa: F811
     serve.shutdown()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(SERVER_TIMEOUT_S)
 def test_health_names_every_model_deployment(server):
     reply = requests.get(f"{server}/health", timeout=60)
     assert reply.status_code == 200
@@ -76,7 +79,7 @@ def test_health_names_every_model_deployment(server):
     assert body["clips"]["device"] == "cpu" and len(body["stream_shards"]) == SHARDS
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(SERVER_TIMEOUT_S)
 def test_clips_give_eco_predicts_top_k_also_concurrently(server, tiny_task):
     from pipeline.inference import Predictor
 
@@ -105,7 +108,7 @@ def test_clips_give_eco_predicts_top_k_also_concurrently(server, tiny_task):
     assert health["batched_clips"] >= len(videos) and 1 <= health["batches"] <= health["batched_clips"]
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(SERVER_TIMEOUT_S)
 def test_stream_matches_eco_predict_online(server, tiny_task, tmp_path):
     from pipeline.inference import Predictor
     from pipeline.inference.online import online_predict, run_online
@@ -173,7 +176,7 @@ def _error(reply: requests.Response) -> tuple[int, str, str]:
     return reply.status_code, body["error"], body["detail"]
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(SERVER_TIMEOUT_S)
 def test_bad_inputs_get_clear_4xx(server, tiny_task, tmp_path):
     clips = f"{server}/v1/clips"
     status, reason, detail = _error(requests.post(clips, data=b"this is a text file, not a video\n" * 4, timeout=60))
@@ -227,7 +230,7 @@ def test_bad_inputs_get_clear_4xx(server, tiny_task, tmp_path):
         assert requests.delete(f"{streams}/{sid}", timeout=60).status_code == 200
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(SERVER_TIMEOUT_S)
 def test_idle_stream_expires(server):
     streams = f"{server}/v1/streams"
     assert _error(requests.post(streams, json={"idle_s": 1e6}, timeout=60))[:2] == (400, "bad_parameter")

@@ -35,7 +35,7 @@ class ServeSettings:
     target_ongoing_requests: float = 8.0  # > max_batch_size / 2, so a replica is only added when batches fill
     stream_shards: int = 1
     # "auto": one GPU per model replica when the cluster has GPUs, else CPU; or a number (fractions share a GPU).
-    gpus_per_replica: str = "auto"
+    gpus_per_replica: str | float = "auto"
     cpus_per_replica: float = 1.0
     decoders_per_replica: int = 2  # killable decode children per replica (clips decode concurrently)
 
@@ -65,6 +65,12 @@ class ServeSettings:
         bad = [f"{k}={getattr(self, k)!r}" for k in positive if not getattr(self, k) > 0]
         if self.min_replicas > self.max_replicas:
             bad.append(f"min_replicas={self.min_replicas} > max_replicas={self.max_replicas}")
+        if str(self.gpus_per_replica) != "auto":
+            try:
+                if float(self.gpus_per_replica) < 0:
+                    raise ValueError
+            except ValueError:
+                bad.append(f"gpus_per_replica={self.gpus_per_replica!r} (\"auto\" or a number >= 0)")
         if self.batch_wait_timeout_s < 0:
             bad.append(f"batch_wait_timeout_s={self.batch_wait_timeout_s}")
         if bad:
