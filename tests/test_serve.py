@@ -226,6 +226,11 @@ def test_bad_inputs_get_clear_4xx(server, tiny_task, tmp_path):
         opened.append(reply.json()["stream_id"])
     status, reason, detail = _error(reply)
     assert (status, reason) == (429, "too_many_streams") and f"{MAX_STREAMS} streams" in detail
+    # Each stream lives on the shard its id hashes to, and every request about it reaches that shard.
+    shards = [h["open_streams"] for h in requests.get(f"{server}/health", timeout=60).json()["stream_shards"]]
+    assert sum(shards) == len(opened) and max(shards) == MAX_STREAMS
+    for sid in opened:
+        assert requests.post(f"{streams}/{sid}/frames", data=tiny, timeout=60).json()["frames"] == 1
     for sid in opened:
         assert requests.delete(f"{streams}/{sid}", timeout=60).status_code == 200
 
