@@ -117,6 +117,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return inference.predict_main(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.inference.export import export_main
+
+    return export_main(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline.serving.app import serve_main
+
+    return serve_main(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
@@ -237,8 +249,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", type=int, default=None, help="working-memory frames (default: the model's segments)")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("export", help="write a checkpoint's model as TorchScript or ONNX (labels and "
+                                      "preprocessing inside the file)")
+    p.add_argument("--checkpoint", required=True, help="project checkpoint dir/file or the authors' .pth.tar")
+    p.add_argument("--format", required=True, choices=["torchscript", "onnx"])
+    p.add_argument("--out", default=None, help="output file (default: outputs/export/eco.pt or eco.onnx)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="serve a checkpoint (or an exported model) over HTTP with Ray Serve")
+    from pipeline.serving.settings import add_arguments as add_serve_arguments
+
+    add_serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("bench", help="benchmarks; each prints ratios against a baseline measured in the same run")
-    p.add_argument("name", choices=["decode", "shards", "pipeline", "train", "steps", "gpu", "elastic"])
+    p.add_argument("name", choices=["decode", "shards", "pipeline", "train", "steps", "gpu", "elastic", "serve"])
     p.add_argument("--out", default=None, help="write results (JSON, plots) here")
     p.add_argument("--quick", action="store_true", help="smaller inputs, for a smoke run")
     p.set_defaults(func=cmd_bench)
@@ -262,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
 # directory (pipeline.raystart.check_job_paths); refused before any work starts. `eco train` checks its config.
 _PATH_ARGS = {"prepare": ("out", "root", "annotations", "videos", "splits", "table", "manifest"),
               "evaluate": ("checkpoint", "manifest", "out"),
-              "predict": ("checkpoint", "manifest", "out")}
+              "predict": ("checkpoint", "manifest", "out"),
+              "export": ("checkpoint", "out")}
 
 
 def _check_job_paths(args: argparse.Namespace) -> None:

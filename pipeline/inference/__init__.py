@@ -3,7 +3,8 @@
 Imports are lazy (PEP 562) so that `import pipeline.inference` pulls in neither torch nor Ray:
 - `Predictor`, `Result`, `Preprocessing`, `read_checkpoint_info`, `predict_main`  (pipeline.inference.predictor)
 - `batch_predict`, `read_predictions`, `BatchSummary`, `batch_main`                (pipeline.inference.batch)
-- `online_predict`, `WorkingMemory`, `OnlineResult`, `write_outputs`, `online_main` (pipeline.inference.online)
+- `online_predict`, `run_online`, `OnlineStream`, `WorkingMemory`, `OnlineResult`, `write_outputs`, `online_main`
+  (pipeline.inference.online)
 See docs/inference.md.
 """
 
@@ -24,6 +25,8 @@ _EXPORTS = {
     "BatchSummary": "batch",
     "batch_main": "batch",
     "online_predict": "online",
+    "run_online": "online",
+    "OnlineStream": "online",
     "WorkingMemory": "online",
     "OnlineResult": "online",
     "write_outputs": "online",

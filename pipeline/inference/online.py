@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -102,6 +102,13 @@ class OnlineUpdate:
     top_k: tuple[tuple[str, float], ...]  # averaged prediction P_A
     instant_top_k: tuple[tuple[str, float], ...]  # this update's prediction P
 
+    def to_dict(self) -> dict:
+        """One entry of timeline.json (and of the server's stream replies)."""
+        return {"frame": self.frame, "time_s": round(self.time_s, 4), "latency_ms": round(self.latency_ms, 2),
+                "memory_frames": list(self.memory),
+                "top_k": [{"label": n, "prob": round(p, 6)} for n, p in self.top_k],
+                "instant_top_k": [{"label": n, "prob": round(p, 6)} for n, p in self.instant_top_k]}
+
 
 @dataclass
 class OnlineResult:
@@ -146,13 +153,7 @@ class OnlineResult:
             "mean_latency_ms": round(float(latencies.mean()), 2),
             "p95_latency_ms": round(float(np.percentile(latencies, 95)), 2),
             "final": [{"label": n, "prob": round(p, 6)} for n, p in self.final],
-            "timeline": [
-                {"frame": u.frame, "time_s": round(u.time_s, 4), "latency_ms": round(u.latency_ms, 2),
-                 "memory_frames": list(u.memory),
-                 "top_k": [{"label": n, "prob": round(p, 6)} for n, p in u.top_k],
-                 "instant_top_k": [{"label": n, "prob": round(p, 6)} for n, p in u.instant_top_k]}
-                for u in self.updates
-            ],
+            "timeline": [u.to_dict() for u in self.updates],
         }
 
 
@@ -193,56 +194,107 @@ def stream_frames(path: str, *, short_side: int, chunk: int = 64,
     return fps, int(info.num_frames), frames()
 
 
+class OnlineStream:
+    """One stream's online state: the working memory, the queue, the running average P_A and the updates so far.
+
+    The model call stays outside, so a caller can batch the clips of many streams (the server does):
+
+        if stream.push(frame):                       # preprocessed on arrival; True when an update is due
+            clip = stream.next_clip()                # merges the queue into the memory: (N, crop, crop, 3)
+            stream.record(probs_of(clip), arrived)   # P_A := (P_A + P) / 2, an OnlineUpdate
+    """
+
+    def __init__(self, preprocessing, label_names, *, every: int = 8, memory: int | None = None, top_k: int = 5,
+                 fps: float = 25.0):
+        if every < 1:
+            raise ValueError(f"--every must be >= 1, got {every}")
+        self.preprocessing = preprocessing
+        self.label_names = tuple(label_names)
+        self.every = every
+        self.top_k = top_k
+        self.fps = fps
+        self.memory = WorkingMemory(memory or preprocessing.num_segments)
+        self.frames = 0  # frames pushed so far
+        self.updates: list[OnlineUpdate] = []
+        self.averaged: list[np.ndarray] = []  # P_A after each update
+        self._p_avg: np.ndarray | None = None
+
+    @property
+    def queued(self) -> int:
+        return self.memory.queued
+
+    def push(self, frame: np.ndarray) -> bool:
+        """Preprocess one uint8 frame (H, W, 3) of any size (short side, centre crop) and queue it; True when
+        `every` frames are queued, i.e. an update is due."""
+        from pipeline.data.clips import centre_view
+
+        prep = self.preprocessing
+        view = centre_view(frame[None], short_side=prep.short_side, crop_size=prep.crop_size)  # (1, crop, crop, 3)
+        self.memory.push(self.frames, view[0])
+        self.frames += 1
+        return self.memory.queued >= self.every
+
+    def next_clip(self) -> np.ndarray:
+        """Merge the queue into the memory and return the memory as a model input (N, crop, crop, 3)."""
+        self.memory.update()
+        return self.memory.clip()
+
+    def record(self, probs: np.ndarray, arrived: float) -> OnlineUpdate:
+        """Fold this update's class probabilities P (C,) of `next_clip()` into P_A; `arrived` is the
+        perf_counter time of the frame that triggered the update."""
+        from pipeline.inference.predictor import top_k
+
+        p = np.asarray(probs, np.float32)
+        self._p_avg = p if self._p_avg is None else (self._p_avg + p) / 2  # Algorithm 1: P_A := average(P, P_A)
+        latency = (time.perf_counter() - arrived) * 1000
+        (ids, values), = top_k(self._p_avg[None], self.top_k)
+        (inst_ids, inst_values), = top_k(p[None], self.top_k)
+        newest = self.frames - 1
+        names = self.label_names
+        update = OnlineUpdate(
+            frame=newest, time_s=newest / self.fps, latency_ms=latency, memory=tuple(self.memory.indices),
+            top_k=tuple((names[i], v) for i, v in zip(ids, values)),
+            instant_top_k=tuple((names[i], v) for i, v in zip(inst_ids, inst_values)))
+        self.updates.append(update)
+        self.averaged.append(self._p_avg.copy())
+        log.debug("frame %d: %s %.3f (%.0f ms)", newest, names[ids[0]], values[0], latency)
+        return update
+
+
 def online_predict(path: str | Path, predictor, *, every: int = 8, memory: int | None = None,
                    top_k: int = 5) -> OnlineResult:
     """Run ECO online over one video: a prediction every `every` frames (and one at the end of the stream)."""
-    from pipeline.data.clips import centre_view
-
     if every < 1:
         raise ValueError(f"--every must be >= 1, got {every}")
-    prep = predictor.preprocessing
-    size = memory or prep.num_segments
-    mem = WorkingMemory(size)
-    names = predictor.label_names
-    fps, _, frames = stream_frames(str(path), short_side=prep.short_side)
-    updates: list[OnlineUpdate] = []
-    averaged: list[np.ndarray] = []
-    p_avg: np.ndarray | None = None
-    index = -1
+    fps, _, frames = stream_frames(str(path), short_side=predictor.preprocessing.short_side)
+    return run_online(frames, predictor, every=every, memory=memory, top_k=top_k, fps=fps, video=str(path))
 
-    def update(newest: int, arrived: float) -> None:
-        nonlocal p_avg
-        mem.update()
-        probs, _ = predictor.predict_clips(mem.clip()[None])  # (1, C)
-        p = probs[0]
-        p_avg = p if p_avg is None else (p_avg + p) / 2  # Algorithm 1: P_A := average(P, P_A)
-        latency = (time.perf_counter() - arrived) * 1000
-        (ids, values), = predictor.top_k(p_avg[None], top_k)
-        (inst_ids, inst_values), = predictor.top_k(p[None], top_k)
-        updates.append(OnlineUpdate(
-            frame=newest, time_s=newest / fps, latency_ms=latency, memory=tuple(mem.indices),
-            top_k=tuple((names[i], v) for i, v in zip(ids, values)),
-            instant_top_k=tuple((names[i], v) for i, v in zip(inst_ids, inst_values))))
-        averaged.append(p_avg.copy())
-        log.debug("frame %d: %s %.3f (%.0f ms)", newest, names[ids[0]], values[0], latency)
+
+def run_online(frames: Iterable[np.ndarray], predictor, *, every: int = 8, memory: int | None = None,
+               top_k: int = 5, fps: float = 25.0, video: str = "") -> OnlineResult:
+    """`online_predict` over frames already decoded (uint8 (H, W, 3) each, in order, any size)."""
+    stream = OnlineStream(predictor.preprocessing, predictor.label_names, every=every, memory=memory,
+                          top_k=top_k, fps=fps)
+
+    def update(arrived: float) -> None:
+        probs, _ = predictor.predict_clips(stream.next_clip()[None])  # (1, C)
+        stream.record(probs[0], arrived)
 
     # The decoder process is up and the stream opened (stream_frames): from here on is the rate a stream is
     # served at, decoding included.
     start, cpu_start = time.perf_counter(), time.process_time()
-    for index, frame in enumerate(frames):
+    for frame in frames:
         arrived = time.perf_counter()
-        view = centre_view(frame[None], short_side=prep.short_side, crop_size=prep.crop_size)  # (1, crop, crop, 3)
-        mem.push(index, view[0])
-        if mem.queued >= every:
-            update(index, arrived)
-    if mem.queued:  # the end of the stream: the last frames count too
-        update(index, time.perf_counter())
+        if stream.push(frame):
+            update(arrived)
+    if stream.queued:  # the end of the stream: the last frames count too
+        update(time.perf_counter())
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    if not updates:
-        raise ValueError(f"{path}: no frames were decoded")
-    return OnlineResult(video=str(path), fps=fps, frames=index + 1, every=every, memory_size=size,
-                        label_names=tuple(names), updates=updates, averaged=np.stack(averaged), wall_s=wall,
-                        cpu_s=cpu)
+    if not stream.updates:
+        raise ValueError(f"{video}: no frames were decoded")
+    return OnlineResult(video=video, fps=fps, frames=stream.frames, every=every,
+                        memory_size=stream.memory.size, label_names=stream.label_names, updates=stream.updates,
+                        averaged=np.stack(stream.averaged), wall_s=wall, cpu_s=cpu)
 
 
 def plot_timeline(result: OnlineResult, png: str | Path, *, classes: int = 5) -> Path:

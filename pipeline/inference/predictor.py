@@ -128,6 +128,14 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     return describe_checkpoint(read_checkpoint(model_file(path)), str(path))
 
 
+def top_k(probs: np.ndarray, k: int) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
+    """Per row of probabilities (N, C): the k most likely class ids and their probabilities, best first."""
+    k = max(1, min(int(k), probs.shape[1]))
+    values, ids = torch.topk(torch.from_numpy(np.ascontiguousarray(probs)), k, dim=1)
+    return [(tuple(int(i) for i in row_i), tuple(float(v) for v in row_v))
+            for row_i, row_v in zip(ids.tolist(), values.tolist())]
+
+
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -184,13 +192,19 @@ class Predictor:
             self._decoder = IsolatedDecoder(timeout_s=self.decode_timeout_s, max_clips_per_process=2000)
         return self._decoder
 
-    def load_clip(self, path: str) -> np.ndarray:
-        """Decode and preprocess one video as at evaluation: uint8 (T, crop, crop, 3). Raises DecodeError."""
+    def load_clip(self, path: str, *, decoder=None, check=None) -> np.ndarray:
+        """Decode and preprocess one video as at evaluation: uint8 (T, crop, crop, 3). Raises DecodeError.
+
+        `decoder`: an `IsolatedDecoder` to use instead of this predictor's own (a server keeps several);
+        `check(info)`: called with the probe's facts before any frame is decoded, may raise to refuse the file.
+        """
         from pipeline.data.clips import eval_clip
 
-        decoder = self._decoder_or_start()
+        decoder = decoder or self._decoder_or_start()
         p = self.preprocessing
         info = decoder.probe(path)
+        if check is not None:
+            check(info)
         # The evaluation pipeline's own clip computation (pipeline.data.clips), so predictions match `eco evaluate`.
         return eval_clip(lambda indices: decoder.decode(path, indices, short_side=p.short_side,
                                                         num_frames=info.num_frames, size=(info.width, info.height),
@@ -232,10 +246,7 @@ class Predictor:
 
     def top_k(self, probs: np.ndarray, k: int) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
         """Per row of probabilities (N, C): the k most likely class ids and their probabilities, best first."""
-        k = max(1, min(int(k), probs.shape[1]))
-        values, ids = torch.topk(torch.from_numpy(probs), k, dim=1)
-        return [(tuple(int(i) for i in row_i), tuple(float(v) for v in row_v))
-                for row_i, row_v in zip(ids.tolist(), values.tolist())]
+        return top_k(probs, k)
 
     def predict(self, paths: Iterable[str | Path], top_k: int = 5, *, features: bool = False,
                 batch_size: int = 8) -> list[Result]:
