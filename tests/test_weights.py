@@ -394,7 +394,8 @@ def test_project_checkpoint_directory_and_file(tmp_path: Path, lite_source: ECO)
         assert report.layout == "project" and report.loaded == 216 and not report.head_reinitialized
         assert all(torch.equal(v, lite_source.state_dict()[k]) for k, v in model.state_dict().items())
     ckpt = read_checkpoint(run)
-    assert (ckpt.layout, ckpt.stored["epoch"], ckpt.label_names) == ("project", 3, tuple(f"class {i}" for i in range(7)))
+    labels = tuple(f"class {i}" for i in range(7))
+    assert (ckpt.layout, ckpt.stored["epoch"], ckpt.label_names) == ("project", 3, labels)
     report = load_weights(ECO(variant="lite", num_classes=7, num_segments=4, dropout=0.3), ckpt, name="run/epoch_3")
     assert report.path == "run/epoch_3" and report.layout == "project"
     raw = torch.load(run / "checkpoint.pt", weights_only=True)  # a checkpoint dict in memory loads the same way

@@ -67,7 +67,8 @@ def official_to_project(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         out[new_key] = value
     if unknown:
         raise CheckpointError(f"unknown keys in the authors' checkpoint layout: {listed(unknown)}; expected "
-                              f"'module.base_model.<caffe layer>.<param>' or 'module.new_fc.<param>'", reason="unknown_keys")
+                              f"'module.base_model.<caffe layer>.<param>' or 'module.new_fc.<param>'",
+                              reason="unknown_keys")
     return out
 
 
