@@ -32,7 +32,8 @@ from tests.wandb_offline import find_offline_runs, read_offline_run
 from cluster_helpers import EXCLUDES, RAY, ROOT, LocalCluster, node_ports
 from train_helpers import TINY_VAL, tiny_config, tiny_dataset
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+# ~50 s of cluster start-up here; the submitted jobs run under their own 900 s limits.
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(1200)]
 
 
 class HeadNode(LocalCluster):
@@ -46,7 +47,7 @@ class HeadNode(LocalCluster):
         self.temp_dir = self.base / "ray"
 
     def start(self) -> None:
-        self._spawn("head", [RAY, "start", "--head", "--block", "--disable-usage-stats",
+        self.spawn("head", [RAY, "start", "--head", "--block", "--disable-usage-stats",
                              f"--object-store-memory={200 * 2**20}", f"--port={self.gcs_port}",
                              "--node-ip-address=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
                              "--dashboard-host=127.0.0.1", "--include-dashboard=true",

@@ -97,7 +97,7 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def start(self) -> None:
-        self._spawn("head", [RAY, "start", "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
+        self.spawn("head", [RAY, "start", "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
                              f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1",
                              "--include-dashboard=true", f"--ray-client-server-port={self.client_port}",
                              f"--temp-dir={self.temp_dir}", f"--num-cpus={NODE_CPUS}",
@@ -108,7 +108,7 @@ class LocalCluster:
 
     def start_worker(self, name: str, ports: list[int] | None = None) -> subprocess.Popen:
         """Start (or start again, with fresh ports) the worker node; returns its `ray start` process."""
-        self._spawn(name, [RAY, "start", f"--address={self.address}", "--node-ip-address=127.0.0.1",
+        self.spawn(name, [RAY, "start", f"--address={self.address}", "--node-ip-address=127.0.0.1",
                            f"--num-cpus={NODE_CPUS}", f"--resources={WORKER_RESOURCES}",
                            *node_ports(ports or free_ports(6)), *self._common()])
         return self.procs[-1]
@@ -133,7 +133,8 @@ class LocalCluster:
     def _common() -> list[str]:
         return ["--block", "--disable-usage-stats", f"--object-store-memory={OBJECT_STORE_BYTES}"]
 
-    def _spawn(self, name: str, cmd: list[str]) -> None:
+    def spawn(self, name: str, cmd: list[str]) -> None:
+        """Run `cmd` (a `ray start ...`) in its own session, logged to `<workdir>/ray-<name>.log`; stopped by stop()."""
         log = open(self.workdir / f"ray-{name}.log", "wb")
         self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                            start_new_session=True))
