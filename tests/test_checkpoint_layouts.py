@@ -6,7 +6,8 @@ file with and without nn.DataParallel's `module.` prefix, a bare state_dict of t
 1536-input head (`new_fc`, and `base_model.fc_final` as TSN names it without dropout). Entry points: the model
 builders (`pretrained=`), `eco predict --checkpoint` on a real H.264 clip (the CLI's public function), the
 Predictor that batch inference and evaluation actors hold, `read_checkpoint_info` (batch inference),
-`eco evaluate` (up to the manifest, before Ray starts) and resume (`load_checkpoint`).
+`eco evaluate` (up to the manifest, before Ray starts) and resume (`load_checkpoint`); and, on a local Ray instance,
+a whole evaluation and batch inference of the authors' file without the `module.` prefix.
 """
 
 from __future__ import annotations
@@ -215,3 +216,40 @@ def test_every_entry_point_refuses_with_the_same_reason(sources: dict[str, ECO],
         capsys.readouterr()
         assert main(["predict", str(tmp_path / "any.mp4"), "--checkpoint", str(path)]) == 2
         assert capsys.readouterr().err.strip() == f"eco predict: error: {first.value}", name
+
+
+# --- evaluation and batch inference end to end (Ray Data model actors) -------------------------------------------
+
+
+def test_evaluate_and_batch_predict_run_the_unprefixed_authors_file(sources: dict[str, ECO], video: Path,
+                                                                    tmp_path: Path, ray_session) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.data.manifest import MANIFEST_SCHEMA
+    from pipeline.inference import batch_predict, read_predictions
+
+    path = _write("official-unprefixed", tmp_path, sources["lite"])
+    names = [f"class_{i}" for i in range(CLASSES)]
+    # What the source model says about the clip under the authors' preprocessing (the Predictor's own decode).
+    with Predictor(sources["lite"], names, checkpoint_io.OFFICIAL_PREPROCESSING, device="cpu") as reference:
+        (expected,) = reference.predict([video], top_k=1)
+    top = expected.label_ids[0]
+    # The same clip twice: labelled with the model's answer, and with another class: top-1 is exactly 1/2.
+    data = tmp_path / "data"
+    data.mkdir()
+    row = {"path": str(video), "split": "val", "num_frames": 24, "fps": 16.0, "width": 96, "height": 64,
+           "duration": 1.5, "codec": "h264", "size_bytes": video.stat().st_size, "backend": "auto"}
+    rows = [{**row, "video_id": "right", "label": top, "label_name": names[top]},
+            {**row, "video_id": "wrong", "label": (top + 1) % CLASSES, "label_name": names[(top + 1) % CLASSES]}]
+    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), data / "manifest.parquet")
+    (data / "labels.json").write_text(json.dumps(names))
+
+    report = evaluate(path, data, split="val", out_dir=tmp_path / "eval")
+    assert (report["videos"], report["views"], report["top1"]) == (2, 2, 0.5)
+
+    summary = batch_predict(data / "manifest.parquet", path, tmp_path / "preds", top_k=1, actors=1)
+    assert summary.complete and (summary.predicted, summary.failed) == (2, 0)
+    preds = read_predictions(tmp_path / "preds").to_pylist()
+    assert {p["video_id"]: p["labels"][0] for p in preds} == {"right": names[top], "wrong": names[top]}
+    assert [p["probs"][0] for p in preds] == pytest.approx([expected.probs[0]] * 2, abs=1e-5)
