@@ -53,7 +53,7 @@ class HeadNode(LocalCluster):
                              "--dashboard-host=127.0.0.1", "--include-dashboard=true",
                              f"--ray-client-server-port={self.client_port}", f"--temp-dir={self.temp_dir}",
                              "--num-cpus=6", *node_ports(self.ports[0])])
-        self._wait_for_nodes(1)
+        self.wait_for_nodes(1)
 
     def stop(self) -> None:
         super().stop()

@@ -102,9 +102,9 @@ class LocalCluster:
                              "--include-dashboard=true", f"--ray-client-server-port={self.client_port}",
                              f"--temp-dir={self.temp_dir}", f"--num-cpus={NODE_CPUS}",
                              f"--resources={HEAD_RESOURCES}", *node_ports(self.ports[0]), *self._common()])
-        self._wait_for_nodes(1)
+        self.wait_for_nodes(1)
         self.start_worker("worker", self.ports[1])
-        self._wait_for_nodes(2)
+        self.wait_for_nodes(2)
 
     def start_worker(self, name: str, ports: list[int] | None = None) -> subprocess.Popen:
         """Start (or start again, with fresh ports) the worker node; returns its `ray start` process."""
@@ -139,7 +139,8 @@ class LocalCluster:
         self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                            start_new_session=True))
 
-    def _wait_for_nodes(self, n: int, timeout_s: float = 120) -> None:
+    def wait_for_nodes(self, n: int, timeout_s: float = 120) -> None:
+        """Until `ray status` shows `n` nodes; a `ray start` that exited, or `timeout_s`, raises."""
         deadline = time.monotonic() + timeout_s
         out = ""
         while time.monotonic() < deadline:
