@@ -9,6 +9,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.config import Config
+from pipeline.model import CheckpointError, checkpoint_io
 from pipeline.training import checkpoint as ckpt
 from pipeline.training.optim import build_optimizer
 
@@ -41,11 +42,12 @@ def test_roundtrip_contains_the_contract_keys(tmp_path):
     raw = torch.load(path / "checkpoint.pt", weights_only=True)  # safe loading works on the raw file
     assert set(ckpt.REQUIRED_KEYS) <= set(raw)
     # model.pt: the same checkpoint without optimiser state, what evaluation and inference read.
-    assert ckpt.model_file(path) == str(path / "model.pt")
-    weights = ckpt.load_model_state(path)
-    assert weights["optimizer"] == {} and raw["optimizer"]["state"]
-    assert {k: v for k, v in weights.items() if k != "optimizer"}.keys() == {k for k in raw if k != "optimizer"}
-    assert all(torch.equal(weights["model"][k], raw["model"][k]) for k in raw["model"])
+    assert checkpoint_io.resolve(path) == str(path / "model.pt")
+    weights = checkpoint_io.read(path)
+    assert weights.file == str(path / "model.pt") and weights.layout == "project"
+    assert weights.stored["optimizer"] == {} and raw["optimizer"]["state"]
+    assert weights.stored.keys() == {k for k in raw if k != "model"}
+    assert all(torch.equal(weights.state_dict[k], raw["model"][k]) for k in raw["model"])
     assert (path / "model.pt").stat().st_size < (path / "checkpoint.pt").stat().st_size
     state = ckpt.load_checkpoint(path)
     assert state["format"] == "eco-pipeline/1"
@@ -102,10 +104,12 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path):
 
 
 def test_load_errors_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint.pt"):
+    with pytest.raises(CheckpointError, match="directory without checkpoint.pt") as e:
         ckpt.load_checkpoint(tmp_path)
+    assert e.value.reason == "not_a_checkpoint"
     torch.save({"format": "other"}, tmp_path / "checkpoint.pt")
-    with pytest.raises(ValueError, match="eco-pipeline/1"):
+    with pytest.raises(CheckpointError, match="eco-pipeline/1") as e:
         ckpt.load_checkpoint(tmp_path)
+    assert e.value.reason == "unsupported_format"
     with pytest.raises(ValueError, match="missing keys"):
         ckpt.save_checkpoint(tmp_path / "x", {"format": "eco-pipeline/1"})

@@ -32,11 +32,12 @@ import yaml
 
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.optim import Schedule, lr_at
-from pipeline.training.tracking import find_offline_runs, read_offline_run
+from tests.wandb_offline import find_offline_runs, read_offline_run
 from cluster_helpers import EXCLUDES, RAY, ROOT, LocalCluster, free_ports, node_ports
 from train_helpers import TINY_TRAIN, tiny_config, tiny_dataset, registered_checkpoints
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+# ~150 s here; its own waits for the job allow up to 20 minutes on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(1800)]
 
 STEPS_PER_EPOCH, EPOCHS = 3, 3
 ENTRYPOINT = '''
@@ -151,7 +152,7 @@ def test_elastic_run_shrinks_and_grows_back(tiny_data, tmp_path):
         # 2. One worker took over from that checkpoint and wrote its own: the node comes back (fresh ports).
         _wait_for(run_dir / "epoch_0002-step_0000004" / "workers.json", job, 900)
         _wait_for_file(storage / "held-1", job, 900)  # held inside step 5
-        cluster._spawn("worker-again", [RAY, "start", f"--address=127.0.0.1:{cluster.gcs_port}",
+        cluster.spawn("worker-again", [RAY, "start", f"--address=127.0.0.1:{cluster.gcs_port}",
                                         "--node-ip-address=127.0.0.1", "--num-cpus=3",
                                         '--resources={"trainer_slot": 1, "second_node": 1}',
                                         *node_ports(free_ports(6)), "--block", "--disable-usage-stats",

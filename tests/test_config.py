@@ -49,14 +49,14 @@ def test_worker_group_start_timeout_is_ray_trains_variable_for_the_fit_only(monk
     # sees the controller use it); set around the fit, restored after, untouched when the field is null.
     import os
 
-    from pipeline.training.run import _controller_env
+    from pipeline.training.run import controller_env
 
     name = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
     monkeypatch.setenv(name, "90")
-    with _controller_env(load_config(None, ["scaling.worker_group_start_timeout_s=15"])):
+    with controller_env(load_config(None, ["scaling.worker_group_start_timeout_s=15"])):
         assert os.environ[name] == "15"
     assert os.environ[name] == "90"
-    with _controller_env(load_config(None, [])):
+    with controller_env(load_config(None, [])):
         assert os.environ[name] == "90"
     with pytest.raises(ConfigError, match=r"scaling\.worker_group_start_timeout_s: must be > 0"):
         load_config(None, ["scaling.worker_group_start_timeout_s=0"])

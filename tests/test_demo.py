@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# ~90 s here; `make demo` runs under its own 1500 s limit.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_EPOCHS = 20  # jobs/configs/synthetic_demo.yaml

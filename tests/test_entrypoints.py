@@ -28,11 +28,12 @@ import yaml
 from pipeline.data.manifest import read_manifest
 from pipeline.inference.batch import read_predictions
 from pipeline.training.checkpoint import load_checkpoint
-from pipeline.training.tracking import find_offline_runs, read_offline_run
+from tests.wandb_offline import find_offline_runs, read_offline_run
 from cluster_helpers import EXCLUDES, RAY, ROOT, LocalCluster, node_ports
 from train_helpers import TINY_VAL, tiny_config, tiny_dataset
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+# ~50 s of cluster start-up here; the submitted jobs run under their own 900 s limits.
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(1200)]
 
 
 class HeadNode(LocalCluster):
@@ -46,13 +47,13 @@ class HeadNode(LocalCluster):
         self.temp_dir = self.base / "ray"
 
     def start(self) -> None:
-        self._spawn("head", [RAY, "start", "--head", "--block", "--disable-usage-stats",
+        self.spawn("head", [RAY, "start", "--head", "--block", "--disable-usage-stats",
                              f"--object-store-memory={200 * 2**20}", f"--port={self.gcs_port}",
                              "--node-ip-address=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
                              "--dashboard-host=127.0.0.1", "--include-dashboard=true",
                              f"--ray-client-server-port={self.client_port}", f"--temp-dir={self.temp_dir}",
                              "--num-cpus=6", *node_ports(self.ports[0])])
-        self._wait_for_nodes(1)
+        self.wait_for_nodes(1)
 
     def stop(self) -> None:
         super().stop()

@@ -1,4 +1,6 @@
-"""The import graph of `pipeline`: no cycles, so that every module can be read (and imported) after the ones it uses.
+"""The import graph of `pipeline`: no cycles, so that every module can be read (and imported) after the ones it uses;
+and the same between packages: a package (`pipeline.model`, `pipeline.training`, ...) never imports one that
+imports it, so the packages can be read in one order too.
 
 The graph is read from the source (AST), not from a running interpreter, and counts function-level imports too: a
 lazy import hides a cycle from `python -c "import ..."` but not from a reader. Imports under `if TYPE_CHECKING:`
@@ -98,6 +100,23 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def package_of(module: str) -> str:
+    """`pipeline.training.loop` -> `pipeline.training`; a module at the package root is its own node."""
+    path = PACKAGE.parent.joinpath(*module.split("."))
+    return module if path.is_dir() or module.count(".") < 2 else ".".join(module.split(".")[:2])
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, dict[str, set[tuple[str, str]]]]:
+    """package -> {package it imports: the module imports that make the edge}."""
+    out: dict[str, dict[str, set[tuple[str, str]]]] = {}
+    for module, imported in graph.items():
+        edges = out.setdefault(package_of(module), {})
+        for other in imported:
+            if package_of(other) != package_of(module):
+                edges.setdefault(package_of(other), set()).add((module, other))
+    return out
+
+
 def test_the_graph_is_read():
     graph = import_graph()
     assert "pipeline.data.pipeline" in graph["pipeline.training.run"]  # a function-level import
@@ -121,3 +140,20 @@ def test_leaves_stay_leaves():
     assert graph["pipeline.data.shards"] == {"pipeline.storage"}
     assert "pipeline.data.pipeline" not in graph["pipeline.data.shards"]
     assert "pipeline.model.eco" not in graph["pipeline.model.weights"]
+
+
+def test_no_package_imports_a_package_that_imports_it():
+    packages = package_graph(import_graph())
+    assert "pipeline.inference" in packages["pipeline.training"]  # eco evaluate's model actors: a real edge
+    cycle = find_cycle({p: set(edges) for p, edges in packages.items()})
+    if cycle:
+        why = [f"{a} -> {b}: " + ", ".join(f"{m} imports {d}" for m, d in sorted(packages[a][b]))
+               for a, b in zip(cycle, cycle[1:])]
+        raise AssertionError("package import cycle:\n" + "\n".join(why))
+
+
+def test_the_model_package_stands_alone():
+    """The model family and its checkpoint reader use no training, inference or data code (a model is usable
+    without the pipeline)."""
+    packages = package_graph(import_graph())
+    assert set(packages["pipeline.model"]) <= {"pipeline.config", "pipeline.labels", "pipeline.storage"}

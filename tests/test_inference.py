@@ -183,8 +183,9 @@ def test_official_layout_checkpoint_gives_kinetics_top_k(tiny_task, tmp_path):
 def test_not_a_checkpoint_is_a_clear_error(tmp_path):
     from pipeline.inference.predictor import describe_checkpoint
 
-    with pytest.raises(ValueError, match="not an ECO checkpoint.*found keys: optimizer, weights"):
+    with pytest.raises(ValueError, match="x.pt: not a model checkpoint: top-level keys weights, optimizer") as e:
         describe_checkpoint({"weights": {}, "optimizer": {}}, "x.pt")
+    assert e.value.reason == "not_a_checkpoint"
 
 
 # -- batch inference -------------------------------------------------------------------------------------------------

@@ -404,10 +404,10 @@ def test_kinetics_recipe_starts_from_both_files_and_training_passes_them(files: 
     assert cfg.model.init_2d.endswith("bninception_rgb_kinetics_init-d4ee618d3399.pth")
     assert cfg.model.init_3d.endswith("C3DResNet18_rgb_16F_kinetics_v1.pth.tar")
 
-    from pipeline.training.loop import _build_model
+    from pipeline.training.loop import build_model
 
     cfg = cfg.replace({"model.num_segments": 4, "model.init_2d": str(files["2d"]), "model.init_3d": str(files["3d"])})
-    model = _build_model(cfg, num_classes=3)
+    model = build_model(cfg, num_classes=3)
     assert torch.equal(model.net3d.res4.res4a_down.weight, files["sd3d"]["module.base_model.res4a_down.weight"])
     assert torch.equal(model.net2d.inception_b.inception_3b_pool_proj_bn.bias,
                        files["sd2d"]["inception_3b_pool_proj_bn.bias"])

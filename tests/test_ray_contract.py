@@ -45,7 +45,7 @@ def test_an_abandoned_iterator_can_be_closed(ray_session):
 
 
 def test_worker_group_start_timeout_is_read_from_this_variable():
-    """pipeline.training.run._controller_env sets Ray Train's worker-group start timeout, which Ray offers only as
+    """pipeline.training.run.controller_env sets Ray Train's worker-group start timeout, which Ray offers only as
     this environment variable (no ScalingConfig/RunConfig field)."""
     from ray.train.v2._internal import constants
 

@@ -53,7 +53,7 @@ OFFICIAL_LITE_KEYS: list[tuple[str, tuple[int, ...]]] = [
     json.loads((Path(__file__).parent / "data" / "eco_lite_kinetics_keys.json").read_text())["keys"]]
 
 
-def _official_state_dict(model: ECO) -> dict[str, torch.Tensor]:
+def official_state_dict(model: ECO) -> dict[str, torch.Tensor]:
     """`model`'s tensors under the authors' key names, independently of weights.py.
 
     ECO-Lite: the real checkpoint's key list (OFFICIAL_LITE_KEYS, in its order), each key filled with our tensor of
@@ -207,7 +207,7 @@ def test_official_checkpoint_loads_strictly_and_matches_the_authors_forward(tmp_
     torch.manual_seed(0)
     source = ECO(variant=variant, num_classes=7, num_segments=frames, dropout=0.3)
     _calibrate_bn(source, seed=1)
-    official = _official_state_dict(source)
+    official = official_state_dict(source)
     assert all(k.startswith(("module.base_model.", "module.new_fc.")) for k in official)
     assert any(k.endswith("num_batches_tracked") for k in official)
     path = _write_official(tmp_path / f"ECO_{variant}_rgb_model_Kinetics.pth.tar", official)
@@ -230,7 +230,7 @@ def test_official_checkpoint_loads_strictly_and_matches_the_authors_forward(tmp_
 
 
 def test_load_report_for_the_official_layout(tmp_path: Path, lite_source: ECO) -> None:
-    path = _write_official(tmp_path / "eco.pth.tar", _official_state_dict(lite_source))
+    path = _write_official(tmp_path / "eco.pth.tar", official_state_dict(lite_source))
     model = ECO(variant="lite", num_classes=7, num_segments=4, dropout=0.3)
     report = load_weights(model, path)
     assert report.layout == "official" and report.loaded == 216 and not report.head_reinitialized
@@ -266,7 +266,7 @@ def test_remapping_round_trips_every_key(variant: str) -> None:
         model = ECO(variant=variant, num_classes=400, num_segments=16, dropout=0.3)
     state = model.state_dict()
     official = project_to_official(state)
-    assert set(official) == set(_official_state_dict(model))
+    assert set(official) == set(official_state_dict(model))
     assert len(official) == {"lite": 216, "full": 566}[variant]
     if variant == "lite":  # the real file's keys, in the real file's order
         assert list(official) == [key for key, _ in OFFICIAL_LITE_KEYS]
@@ -284,7 +284,7 @@ def test_unknown_official_key_is_named(key: str) -> None:
 
 
 def test_missing_key_is_named(tmp_path: Path, lite_source: ECO) -> None:
-    sd = _official_state_dict(lite_source)
+    sd = official_state_dict(lite_source)
     del sd["module.base_model.res4a_down.weight"]
     path = _write_official(tmp_path / "missing.pth.tar", sd)
     with pytest.raises(CheckpointError, match=r"missing\.pth\.tar.*missing module\.base_model\.res4a_down\.weight"):
@@ -292,7 +292,7 @@ def test_missing_key_is_named(tmp_path: Path, lite_source: ECO) -> None:
 
 
 def test_mis_shaped_key_is_named_with_both_shapes(tmp_path: Path, lite_source: ECO) -> None:
-    sd = _official_state_dict(lite_source)
+    sd = official_state_dict(lite_source)
     sd["module.base_model.inception_3b_3x3.weight"] = torch.zeros(96, 64, 5, 5)
     path = _write_official(tmp_path / "shape.pth.tar", sd)
     with pytest.raises(CheckpointError, match=r"mis-shaped module\.base_model\.inception_3b_3x3\.weight "
@@ -301,7 +301,7 @@ def test_mis_shaped_key_is_named_with_both_shapes(tmp_path: Path, lite_source: E
 
 
 def test_unexpected_key_is_named(tmp_path: Path, lite_source: ECO) -> None:
-    sd = _official_state_dict(lite_source)
+    sd = official_state_dict(lite_source)
     sd["module.base_model.inception_4a_1x1.weight"] = torch.zeros(224, 576, 1, 1)
     path = _write_official(tmp_path / "extra.pth.tar", sd)
     with pytest.raises(CheckpointError, match=r"ECO-Full one: build the model with eco_full\): "
@@ -312,7 +312,7 @@ def test_unexpected_key_is_named(tmp_path: Path, lite_source: ECO) -> None:
 @pytest.mark.parametrize("legacy", [True, False])
 def test_truncated_file_names_the_file(tmp_path: Path, lite_source: ECO, legacy: bool) -> None:
     path = tmp_path / "truncated.pth.tar"
-    torch.save({"state_dict": _official_state_dict(lite_source), "epoch": 1}, path,
+    torch.save({"state_dict": official_state_dict(lite_source), "epoch": 1}, path,
                _use_new_zipfile_serialization=not legacy)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -349,8 +349,9 @@ def test_arbitrary_pickled_objects_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "unsafe.pth.tar"
     with path.open("wb") as f:
         pickle.dump({"state_dict": {}, "payload": _Payload()}, f, protocol=2)
-    with pytest.raises(CheckpointError, match=r"unsafe\.pth\.tar.*weights_only=True"):
+    with pytest.raises(CheckpointError, match=r"unsafe\.pth\.tar.*weights_only=True") as e:
         read_checkpoint(path)
+    assert e.value.reason == "unsafe"
 
 
 # --- different number of classes: backbone loads, head re-initialised ----------------------------------------------
@@ -358,7 +359,7 @@ def test_arbitrary_pickled_objects_are_refused(tmp_path: Path) -> None:
 
 def test_different_num_classes_reinitialises_only_the_head(tmp_path: Path, lite_source: ECO,
                                                             caplog: pytest.LogCaptureFixture) -> None:
-    path = _write_official(tmp_path / "kinetics.pth.tar", _official_state_dict(lite_source))
+    path = _write_official(tmp_path / "kinetics.pth.tar", official_state_dict(lite_source))
     model = ECO(variant="lite", num_classes=3, num_segments=4, dropout=0.6)
     with caplog.at_level(logging.WARNING, logger="pipeline.model.weights"):
         report = load_weights(model, path)
@@ -376,7 +377,7 @@ def test_different_num_classes_reinitialises_only_the_head(tmp_path: Path, lite_
 
 
 def test_fine_tune_from_a_different_head_with_the_builder(tmp_path: Path, lite_source: ECO) -> None:
-    path = _write_official(tmp_path / "kinetics.pth.tar", _official_state_dict(lite_source))
+    path = _write_official(tmp_path / "kinetics.pth.tar", official_state_dict(lite_source))
     model = eco_lite(num_classes=101, num_segments=4, dropout=0.6, pretrained=path)
     assert model.fc.weight.shape == (101, 512)
     assert torch.equal(model.net3d.res5.res5b_bn.running_var, lite_source.net3d.res5.res5b_bn.running_var)
@@ -393,9 +394,13 @@ def test_project_checkpoint_directory_and_file(tmp_path: Path, lite_source: ECO)
         assert report.layout == "project" and report.loaded == 216 and not report.head_reinitialized
         assert all(torch.equal(v, lite_source.state_dict()[k]) for k, v in model.state_dict().items())
     ckpt = read_checkpoint(run)
-    assert ckpt["format"] == "eco-pipeline/1" and ckpt["epoch"] == 3 and len(ckpt["label_names"]) == 7
+    labels = tuple(f"class {i}" for i in range(7))
+    assert (ckpt.layout, ckpt.stored["epoch"], ckpt.label_names) == ("project", 3, labels)
     report = load_weights(ECO(variant="lite", num_classes=7, num_segments=4, dropout=0.3), ckpt, name="run/epoch_3")
     assert report.path == "run/epoch_3" and report.layout == "project"
+    raw = torch.load(run / "checkpoint.pt", weights_only=True)  # a checkpoint dict in memory loads the same way
+    report = load_weights(ECO(variant="lite", num_classes=7, num_segments=4, dropout=0.3), raw, name="in memory")
+    assert report.path == "in memory" and report.loaded == 216
 
     rebuilt = _model_from_checkpoint(run)
     assert (rebuilt.variant, rebuilt.num_classes, rebuilt.num_segments, rebuilt.training) == ("lite", 7, 4, False)
@@ -407,7 +412,7 @@ def test_project_checkpoint_directory_and_file(tmp_path: Path, lite_source: ECO)
 def test_checkpoint_uris_are_read_through_pyarrow(tmp_path: Path, lite_source: ECO) -> None:
     # model.pretrained may name object storage; file:// takes the same pyarrow.fs path as s3:// and gs://.
     run = _write_project(tmp_path / "run", lite_source, [str(i) for i in range(7)])
-    official = _write_official(tmp_path / "eco.pth.tar", _official_state_dict(lite_source))
+    official = _write_official(tmp_path / "eco.pth.tar", official_state_dict(lite_source))
     for uri, layout in ((run.as_uri(), "project"), ((run / "checkpoint.pt").as_uri(), "project"),
                         (official.as_uri(), "official")):
         model = ECO(variant="lite", num_classes=7, num_segments=4, dropout=0.3)

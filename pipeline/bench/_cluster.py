@@ -97,18 +97,18 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def start(self) -> None:
-        self._spawn("head", [RAY, "start", "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
+        self.spawn("head", [RAY, "start", "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
                              f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1",
                              "--include-dashboard=true", f"--ray-client-server-port={self.client_port}",
                              f"--temp-dir={self.temp_dir}", f"--num-cpus={NODE_CPUS}",
                              f"--resources={HEAD_RESOURCES}", *node_ports(self.ports[0]), *self._common()])
-        self._wait_for_nodes(1)
+        self.wait_for_nodes(1)
         self.start_worker("worker", self.ports[1])
-        self._wait_for_nodes(2)
+        self.wait_for_nodes(2)
 
     def start_worker(self, name: str, ports: list[int] | None = None) -> subprocess.Popen:
         """Start (or start again, with fresh ports) the worker node; returns its `ray start` process."""
-        self._spawn(name, [RAY, "start", f"--address={self.address}", "--node-ip-address=127.0.0.1",
+        self.spawn(name, [RAY, "start", f"--address={self.address}", "--node-ip-address=127.0.0.1",
                            f"--num-cpus={NODE_CPUS}", f"--resources={WORKER_RESOURCES}",
                            *node_ports(ports or free_ports(6)), *self._common()])
         return self.procs[-1]
@@ -133,12 +133,14 @@ class LocalCluster:
     def _common() -> list[str]:
         return ["--block", "--disable-usage-stats", f"--object-store-memory={OBJECT_STORE_BYTES}"]
 
-    def _spawn(self, name: str, cmd: list[str]) -> None:
+    def spawn(self, name: str, cmd: list[str]) -> None:
+        """Run `cmd` (a `ray start ...`) in its own session, logged to `<workdir>/ray-<name>.log`; stopped by stop()."""
         log = open(self.workdir / f"ray-{name}.log", "wb")
         self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                            start_new_session=True))
 
-    def _wait_for_nodes(self, n: int, timeout_s: float = 120) -> None:
+    def wait_for_nodes(self, n: int, timeout_s: float = 120) -> None:
+        """Until `ray status` shows `n` nodes; a `ray start` that exited, or `timeout_s`, raises."""
         deadline = time.monotonic() + timeout_s
         out = ""
         while time.monotonic() < deadline:

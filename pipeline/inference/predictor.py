@@ -1,10 +1,11 @@
 """Load a checkpoint together with its evaluation preprocessing, and predict top-k labels for videos.
 
-Two kinds of checkpoint are accepted (both read safely through `pipeline.model.weights.read_checkpoint`):
+Checkpoints are read by the one reader, `pipeline.model.checkpoint_io.read`:
 - the project's own (a directory with `checkpoint.pt`, format "eco-pipeline/1"): the model is rebuilt from the stored
   config, and the config's data section gives the preprocessing, so predictions use exactly what evaluation used;
-- the authors' Kinetics-400 release (`ECO_Lite_rgb_model_Kinetics.pth.tar` layout): 400 Kinetics names in the
-  authors' (alphabetical) order and the authors' test-time preprocessing, see `OFFICIAL_PREPROCESSING`.
+- the authors' Kinetics-400 release (`ECO_Lite_rgb_model_Kinetics.pth.tar` layout, with or without the `module.`
+  prefix): 400 Kinetics names in the authors' (alphabetical) order and the authors' test-time preprocessing, see
+  `OFFICIAL_PREPROCESSING`.
 """
 
 from __future__ import annotations
@@ -17,25 +18,13 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from pipeline.model.weights import PROJECT_FORMAT
+from pipeline.model import checkpoint_io
+from pipeline.model.checkpoint_io import OFFICIAL_PREPROCESSING, Checkpoint, Preprocessing
+
+__all__ = ["OFFICIAL_PREPROCESSING", "CheckpointInfo", "Predictor", "Preprocessing", "Result", "describe_checkpoint",
+           "predict_main", "read_checkpoint_info"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """The evaluation preprocessing a checkpoint was trained for: TSN centre sampling, resize, centre crop."""
-
-    num_segments: int
-    short_side: int
-    crop_size: int
-    normalization: str
-
-
-# The authors' PyTorch test script resizes the short side to 256 (scale_size = 224 * 256 // 224) and centre-crops
-# 224 from 16 segment centres; the book (seed ch. 9) resized to 224 instead, which crops less context. We follow the
-# authors; pass `preprocessing=` to `Predictor.from_checkpoint` to reproduce the book.
-OFFICIAL_PREPROCESSING = Preprocessing(num_segments=16, short_side=256, crop_size=224, normalization="eco")
 
 
 @dataclass(frozen=True)
@@ -80,52 +69,17 @@ class Result:
 
 def describe_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> CheckpointInfo:
     """Classify a loaded checkpoint dict (project or official layout) and read its labels and preprocessing."""
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{source}: expected a checkpoint dict, got {type(ckpt).__name__}")
-    if ckpt.get("format") == PROJECT_FORMAT:
-        from pipeline.config import Config
-
-        for key in ("model", "config", "label_names"):
-            if key not in ckpt:
-                raise ValueError(f"{source}: project checkpoint lacks {key!r} (format {PROJECT_FORMAT})")
-        cfg = Config.from_dict(ckpt["config"])
-        return CheckpointInfo(
-            kind="project",
-            variant=cfg.model.variant,
-            label_names=tuple(ckpt["label_names"]),
-            preprocessing=Preprocessing(num_segments=cfg.model.num_segments, short_side=cfg.data.short_side,
-                                        crop_size=cfg.data.crop_size, normalization=cfg.data.normalization),
-            dropout=cfg.model.dropout,
-        )
-    state = ckpt.get("state_dict")
-    if isinstance(state, dict) and any(k.startswith("module.base_model.") for k in state):
-        fc = state.get("module.new_fc.weight")
-        if fc is None:
-            raise ValueError(f"{source}: official checkpoint lacks 'module.new_fc.weight'")
-        num_classes = int(fc.shape[0])
-        # ECO-Full carries the rest of BN-Inception (inception_4*/5*) as its second 2D stream.
-        variant = "full" if any(".inception_5" in k for k in state) else "lite"
-        if num_classes == 400:
-            from pipeline.labels import kinetics400_labels
-
-            labels = tuple(kinetics400_labels())
-        else:
-            labels = tuple(f"class_{i}" for i in range(num_classes))
-            log.warning("%s: %d classes is not Kinetics-400; labels are class_<index> (pass label_names=)",
-                        source, num_classes)
-        return CheckpointInfo(kind="official", variant=variant, label_names=labels,
-                              preprocessing=OFFICIAL_PREPROCESSING)
-    found = ", ".join(sorted(map(str, ckpt))[:10])
-    raise ValueError(f"{source}: not an ECO checkpoint: expected format={PROJECT_FORMAT!r} (project) or a "
-                     f"'state_dict' with 'module.base_model.*' keys (authors' release); found keys: {found}")
+    return _info(checkpoint_io.interpret(ckpt, file=source))
 
 
 def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     """Labels and preprocessing of a checkpoint file or directory (reads the file, builds no model)."""
-    from pipeline.model.weights import read_checkpoint
-    from pipeline.training.checkpoint import model_file
+    return _info(checkpoint_io.read(path))
 
-    return describe_checkpoint(read_checkpoint(model_file(path)), str(path))
+
+def _info(ckpt: Checkpoint) -> CheckpointInfo:
+    return CheckpointInfo(kind=ckpt.layout, variant=ckpt.variant, label_names=ckpt.label_names,
+                          preprocessing=ckpt.preprocessing, dropout=ckpt.dropout)
 
 
 def top_k(probs: np.ndarray, k: int) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
@@ -166,11 +120,10 @@ class Predictor:
         `preprocessing` and `label_names` override what the checkpoint implies (e.g. the book's 224 short side).
         """
         from pipeline.model import BUILDERS
-        from pipeline.model.weights import load_weights, read_checkpoint
-        from pipeline.training.checkpoint import model_file
+        from pipeline.model.weights import load_weights
 
-        ckpt = read_checkpoint(model_file(path))  # model weights only, not the optimiser state
-        info = describe_checkpoint(ckpt, str(path))
+        ckpt = checkpoint_io.read(path)  # a directory's model.pt: model weights only, not the optimiser state
+        info = _info(ckpt)
         prep = preprocessing or info.preprocessing
         labels = tuple(label_names) if label_names is not None else info.label_names
         if len(labels) != len(info.label_names):

@@ -17,9 +17,16 @@ _MAX_LISTED = 12  # keys listed per category in an error message
 
 
 class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit the model; the message names the file and the keys."""
+    """A checkpoint cannot be read or does not fit the model; the message names the file and the keys.
 
+    `reason` names the refusal for programs, the same whichever entry point read the file: "unreadable",
+    "unsafe", "not_a_checkpoint", "unsupported_format", "unknown_keys", "incomplete", "does_not_fit",
+    "not_resumable".
+    """
 
+    def __init__(self, message: str, *, reason: str = "does_not_fit"):
+        super().__init__(message)
+        self.reason = reason
 
 # Which submodule of ECO owns each Caffe layer. First match wins; `\1` is the regex group.
 _LAYER_OWNERS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
@@ -55,11 +62,13 @@ def official_to_project(state_dict: Mapping[str, Any]) -> dict[str, Any]:
             unknown.append(key)
             continue
         if new_key in out:
-            raise CheckpointError(f"two checkpoint keys map to {new_key!r} (the second is {key!r})")
+            raise CheckpointError(f"two checkpoint keys map to {new_key!r} (the second is {key!r})",
+                                  reason="unknown_keys")
         out[new_key] = value
     if unknown:
         raise CheckpointError(f"unknown keys in the authors' checkpoint layout: {listed(unknown)}; expected "
-                              f"'module.base_model.<caffe layer>.<param>' or 'module.new_fc.<param>'")
+                              f"'module.base_model.<caffe layer>.<param>' or 'module.new_fc.<param>'",
+                              reason="unknown_keys")
     return out
 
 
@@ -73,7 +82,8 @@ def project_to_official(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         elif len(parts) >= 3 and official_key_to_project(f"{OFFICIAL_PREFIX}{parts[-2]}.{parts[-1]}") == key:
             out[f"module.{OFFICIAL_PREFIX}{parts[-2]}.{parts[-1]}"] = value
         else:
-            raise CheckpointError(f"key {key!r} has no counterpart in the authors' checkpoint layout")
+            raise CheckpointError(f"key {key!r} has no counterpart in the authors' checkpoint layout",
+                                  reason="unknown_keys")
     return out
 
 
@@ -94,8 +104,6 @@ def official_key_to_project(key: str) -> str | None:
         if m:
             return f"{m.expand(owner)}.{layer}.{param}"
     return None
-
-
 
 
 def listed(items: list[str]) -> str:

@@ -1,47 +1,31 @@
-"""Checkpoints: the authors' public ECO weights and this project's own, loaded strictly and safely.
+"""Loading weights into ECO strictly: a whole checkpoint (`load_weights`), or the authors' 2D + 3D starting files
+(`load_init_weights`).
 
-Two layouts are read (files are always opened with `torch.load(weights_only=True)`: tensors and plain values only,
-never arbitrary pickled objects):
-
-- official: the authors' `ECO_Lite_rgb_model_Kinetics.pth.tar` (and their ECOfull checkpoints): a legacy torch
-  pickle `{"state_dict": {...}, "epoch", "arch", "best_prec1", "lr"}` saved from `nn.DataParallel(TSN(...))`, keys
-  `module.base_model.<caffe layer>.<param>` and `module.new_fc.{weight,bias}` (`module.base_model.fc_final.*`
-  when they trained without dropout).
-- project: a directory with `checkpoint.pt` (or the file) = `{"format": "eco-pipeline/1", "model": <state_dict>,
-  ...}` as written by training (docs/model.md, the team contract).
-
-`official_to_project` (pipeline.model.keys) is the one pure key translation (timm's `checkpoint_filter_fn`
-pattern); `load_weights` then
-checks every key and shape against the model and names whatever does not match. A different number of classes is
-the one expected gap: the backbone loads, the classifier is re-initialised, and the caller is told so.
+Checkpoints are read by `pipeline.model.checkpoint_io.read`, the one reader of both layouts (the authors' and this
+project's); `load_weights` then checks every key and shape against the model and names whatever does not match
+(timm's `checkpoint_filter_fn` pattern: translate with one pure function, then load strictly). A different number
+of classes is the one expected gap: the backbone loads, the classifier is re-initialised, and the caller is told so.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from pipeline import storage
+from pipeline.model import checkpoint_io
+from pipeline.model.checkpoint_io import Checkpoint
 from pipeline.model.keys import HEAD as _HEAD
 from pipeline.model.keys import OFFICIAL_PREFIX as _OFFICIAL_PREFIX
-from pipeline.model.keys import CheckpointError, official_key_to_project, official_to_project, project_to_official
+from pipeline.model.keys import CheckpointError, official_key_to_project, project_to_official
 from pipeline.model.keys import listed as _listed
 
 logger = logging.getLogger(__name__)
-
-# The project checkpoint format (written by pipeline.training.checkpoint): the one definition.
-PROJECT_FORMAT = "eco-pipeline/1"
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @dataclass(frozen=True)
@@ -66,125 +50,33 @@ class LoadReport:
         return text
 
 
-def resolve_checkpoint_path(path: str | os.PathLike) -> str:
-    """A checkpoint file, or a directory holding `checkpoint.pt` -> that file. Local paths or URIs (s3://, gs://,
-    file://; read through pyarrow.fs, as the config's `model.pretrained` may name object storage)."""
-    if storage.is_uri(path):
-        return _resolve_uri(str(path))
-    p = Path(path)
-    if p.is_dir():
-        inner = p / CHECKPOINT_FILE
-        if not inner.is_file():
-            raise CheckpointError(f"{p} is a directory without {CHECKPOINT_FILE}: expected a project checkpoint "
-                                  f"directory or a checkpoint file")
-        return str(inner)
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    return str(p)
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint safely (`weights_only=True`, CPU). `path`: a file or a directory with checkpoint.pt,
-    local or a URI.
-
-    Returns the stored dict (official: with "state_dict"; project: with "format" and "model"); raises
-    CheckpointError naming the file when it is truncated, not a torch file, holds non-weight objects, or is not
-    a dict.
-    """
-    return _read_resolved(resolve_checkpoint_path(path))
-
-
-def _read_resolved(file: str) -> dict[str, Any]:
-    source: str | io.BytesIO = io.BytesIO(_read_uri(file)) if storage.is_uri(file) else file
-    try:
-        obj = torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{file}: not a readable PyTorch checkpoint, or it holds objects other than tensors "
-                              f"and plain values (refused by torch.load(weights_only=True)): {_first_line(e)}") from e
-    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
-        raise CheckpointError(f"{file}: truncated or not a PyTorch checkpoint ({type(e).__name__}: "
-                              f"{_first_line(e)})") from e
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{file}: not a checkpoint: holds a {type(obj).__name__}, expected a dict (the "
-                              f"authors' {{'state_dict': ...}} or this project's {{'format': ..., 'model': ...}})")
-    return obj
-
-
-def _resolve_uri(uri: str) -> str:
-    try:
-        if storage.is_dir(uri):
-            child = storage.join(uri, CHECKPOINT_FILE)
-            if not storage.is_file(child):
-                raise CheckpointError(f"{uri} is a directory without {CHECKPOINT_FILE}: expected a project "
-                                      f"checkpoint directory or a checkpoint file")
-            return child
-        exists = storage.exists(uri)
-    except (OSError, ValueError) as e:  # pyarrow's and storage's errors subclass these
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointError(f"{uri}: cannot access the checkpoint ({_first_line(e)})") from e
-    if not exists:
-        raise FileNotFoundError(f"checkpoint not found: {uri}")
-    return uri
-
-
-def _read_uri(uri: str) -> bytes:
-    try:
-        return storage.read_bytes(uri)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{uri}: cannot read the checkpoint ({_first_line(e)})") from e
-
-
-def checkpoint_state_dict(checkpoint: Mapping[str, Any], *,
-                          file: str = "checkpoint") -> tuple[dict[str, Any], Literal["official", "project"]]:
-    """The model weights of a checkpoint dict in project key names, and which layout they came in."""
-    if "format" in checkpoint:
-        if checkpoint["format"] != PROJECT_FORMAT:
-            raise CheckpointError(f"{file}: unsupported checkpoint format {checkpoint['format']!r}; this version "
-                                  f"reads {PROJECT_FORMAT!r} and the authors' layout")
-        state, layout = checkpoint.get("model"), "project"
-    elif "state_dict" in checkpoint:
-        state, layout = checkpoint["state_dict"], "official"
-    elif checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        state = checkpoint  # a bare state_dict (torch.save(model.state_dict()))
-        layout = "official" if any(_OFFICIAL_PREFIX in k for k in checkpoint) else "project"
-    else:
-        raise CheckpointError(f"{file}: not a model checkpoint: top-level keys {_listed(list(checkpoint))}; "
-                              f"expected 'state_dict' (the authors' layout) or 'format' + 'model' (this project's)")
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{file}: the model weights are not a mapping of tensors")
-    if layout == "official":
-        try:
-            return official_to_project(state), layout
-        except CheckpointError as e:
-            raise CheckpointError(f"{file}: {e}") from e
-    return dict(state), layout
-
-
-def load_weights(model: torch.nn.Module, path: str | os.PathLike | Mapping[str, Any], *,
+def load_weights(model: torch.nn.Module, path: str | os.PathLike | Mapping[str, Any] | Checkpoint, *,
                  name: str | None = None) -> LoadReport:
     """Load a checkpoint into an ECO model strictly; returns a LoadReport.
 
-    `path`: the authors' checkpoint file, a project checkpoint file or directory, or an already-read checkpoint
-    dict (`name` then labels it in messages and the report). Every model tensor must come from the file with the same shape and every file tensor must land in the
+    `path`: anything `checkpoint_io.read` reads (the authors' file, a project checkpoint file or directory, local
+    or a URI), a Checkpoint already read, or a checkpoint dict in memory (`name` then labels it in messages and the
+    report). Every model tensor must come from the file with the same shape and every file tensor must land in the
     model; otherwise CheckpointError lists the missing, unexpected and mis-shaped keys (the file's names). The one
     allowed difference is the number of classes: then the backbone loads, `model.fc` is re-initialised, a warning
     is logged and the report says so. BatchNorm `num_batches_tracked` counters may be absent (older torch files);
     they do not affect the outputs (ECO's BatchNorm uses a fixed momentum).
     """
-    if isinstance(path, Mapping):
-        name, checkpoint = name or "<checkpoint dict>", path
+    if isinstance(path, Checkpoint):
+        checkpoint = path
+    elif isinstance(path, Mapping):
+        checkpoint = checkpoint_io.interpret(path, file=name or "<checkpoint dict>")
     else:
-        file = resolve_checkpoint_path(path)
-        name, checkpoint = name or file, _read_resolved(file)
-    state, layout = checkpoint_state_dict(checkpoint, file=name)
+        checkpoint = checkpoint_io.read(path)
+    name = name or checkpoint.file
+    state, layout = checkpoint.state_dict, checkpoint.layout
 
     expected = model.state_dict()
     head_keys = {k for k in expected if k.split(".")[0] == _HEAD}
     model_classes = int(expected[f"{_HEAD}.weight"].shape[0])
-    file_head = state.get(f"{_HEAD}.weight")
-    file_classes = int(file_head.shape[0]) if file_head is not None and file_head.dim() == 2 else model_classes
-    reinit_head = (file_classes != model_classes and file_head is not None
+    file_head = state[f"{_HEAD}.weight"]
+    file_classes = checkpoint.num_classes
+    reinit_head = (file_classes != model_classes
                    and tuple(file_head.shape[1:]) == tuple(expected[f"{_HEAD}.weight"].shape[1:]))
 
     skip = head_keys if reinit_head else set()
@@ -204,7 +96,7 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike | Mapping[str, 
             problems.append(f"mis-shaped {_listed(mis_shaped)}")
         hint = _variant_hint(model, missing, unexpected)
         raise CheckpointError(f"{name} does not fit {type(model).__name__}({getattr(model, 'variant', '?')})"
-                              f"{hint}: " + "; ".join(problems))
+                              f"{hint}: " + "; ".join(problems), reason="does_not_fit")
 
     to_load = {k: v for k, v in state.items() if k not in skip}
     result = model.load_state_dict(to_load, strict=False)
@@ -237,11 +129,6 @@ def _variant_hint(model: torch.nn.Module, missing: list[str], unexpected: list[s
     if any(k.startswith("stream2d.") for k in missing) and getattr(model, "variant", None) == "full":
         return " (the checkpoint is an ECO-Lite one: build the model with eco_lite)"
     return ""
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # --- Starting where the authors started: TSN's 2D BN-Inception + a Kinetics 3D ResNet-18 ------------------------
@@ -430,8 +317,7 @@ def plan_init(expected: Mapping[str, tuple[int, ...]], *, state_2d: Mapping[str,
 def read_init_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
     """Read an init file (local path or URI) safely: its `state_dict`, or the file itself when it is a bare
     state_dict. Returns (state_dict, the resolved file name for messages)."""
-    file = resolve_checkpoint_path(path)
-    obj = _read_resolved(file)
+    obj, file = checkpoint_io.read_dict(path, prefer=checkpoint_io.CHECKPOINT_FILE)
     state = obj.get("state_dict", obj)
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{file}: not a weights file: expected {{'state_dict': {{name: tensor}}}} or a bare "

@@ -1,10 +1,10 @@
-"""The project checkpoint format (eco_contract.md, "PROJECT CHECKPOINT FORMAT"): save, load, unwrap.
+"""The project checkpoint format (eco_contract.md, "PROJECT CHECKPOINT FORMAT"): save, restore, unwrap.
 
 A checkpoint is a directory holding `checkpoint.pt`, a `torch.save` of plain tensors and values, so it loads with
 `weights_only=True`, and `model.pt`, the same dict without the optimiser state: what evaluation and inference read
-(about half the bytes for ECO with SGD momentum, issue 11 item 12). Checkpoints are read from local paths and URIs
-alike (pipeline.storage); they are written locally, and Ray Train uploads the directory to its storage. This module is the one place that unwraps DDP / `torch.compile`, so the saved keys are the
-model's own names (what `pipeline.model.weights.read_checkpoint` and inference expect).
+(about half the bytes for ECO with SGD momentum). They are read by the one checkpoint reader,
+`pipeline.model.checkpoint_io`; they are written locally, and Ray Train uploads the directory to its storage. This
+module is the one place that unwraps DDP / `torch.compile`, so the saved keys are the model's own names.
 
 Writes are atomic: the directory is built under a temporary name next to its destination and renamed into place
 only when complete. Ray Train copies the directory to storage inside `ray.train.report`, and registers it only
@@ -13,7 +13,6 @@ after the copy finished, so a crash at any point leaves either the previous chec
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -24,10 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline import storage
-from pipeline.model.weights import PROJECT_FORMAT as FORMAT
-CHECKPOINT_FILE = "checkpoint.pt"
-MODEL_FILE = "model.pt"  # the checkpoint without optimiser state, for evaluation and inference
+from pipeline.model import checkpoint_io
+from pipeline.model.checkpoint_io import CHECKPOINT_FILE, MODEL_FILE
+from pipeline.model.checkpoint_io import PROJECT_FORMAT as FORMAT
+from pipeline.model.keys import CheckpointError
+
 REQUIRED_KEYS = ("format", "model", "optimizer", "epoch", "step", "config", "label_names", "data_seed", "metrics")
 
 
@@ -108,42 +108,17 @@ def model_state(state: dict[str, Any]) -> dict[str, Any]:
     return {**state, "optimizer": {}}
 
 
-def checkpoint_file(path: str | Path, name: str = CHECKPOINT_FILE) -> str:
-    """`path` itself if it is a file, else `path/<name>`; local paths (made absolute) or URIs."""
-    return storage.join(path, name) if storage.is_dir(path) else storage.absolute(path)
-
-
-def model_file(path: str | Path) -> str:
-    """What evaluation and inference read: `path/model.pt` when `path` is a checkpoint directory holding one, else
-    `path` as given (a file, an authors' release, or a directory written before model.pt existed)."""
-    if storage.is_dir(path) and storage.is_file(storage.join(path, MODEL_FILE)):
-        return storage.join(path, MODEL_FILE)
-    return str(path)
-
-
-def load_model_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint's model, config and labels, without reading its optimiser state when model.pt is there."""
-    return load_checkpoint(model_file(path), map_location=map_location)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a project checkpoint (a directory with checkpoint.pt, or the file; a local path or a URI) safely
-    (`weights_only=True`)."""
-    file = checkpoint_file(path)
-    if not storage.is_file(file):
-        raise FileNotFoundError(f"{file}: no project checkpoint (expected a directory containing {CHECKPOINT_FILE})")
-    try:
-        source = io.BytesIO(storage.read_bytes(file)) if storage.is_uri(file) else file
-        state = torch.load(source, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{file}: cannot be loaded as a project checkpoint with weights_only=True: {e}") from e
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        got = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{file}: expected format {FORMAT!r}, got {got!r}")
-    missing = [k for k in REQUIRED_KEYS if k not in state]
-    if missing:
-        raise ValueError(f"{file}: checkpoint is missing keys {missing}")
-    return state
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The training state of a project checkpoint (a directory with checkpoint.pt, or the file; local or a URI),
+    read by the one checkpoint reader: what a resume needs (model, optimiser, epoch, step, ...)."""
+    checkpoint = checkpoint_io.read(path, prefer=CHECKPOINT_FILE)
+    missing = [k for k in REQUIRED_KEYS if k != "model" and k not in checkpoint.stored]
+    if checkpoint.layout != "project" or missing:
+        what = "the authors' layout" if checkpoint.layout != "project" else f"no {', '.join(missing)}"
+        raise CheckpointError(f"{checkpoint.file}: not a training state to resume from ({what}); a run resumes from "
+                              f"the checkpoint.pt its training wrote (use model.pretrained to start from weights)",
+                              reason="not_resumable")
+    return {**checkpoint.stored, "model": checkpoint.state_dict}
 
 
 def restore(model: nn.Module, optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:

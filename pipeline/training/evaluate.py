@@ -24,8 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline import raystart, storage
-from pipeline.config import Config
-from pipeline.training.checkpoint import load_model_state
+from pipeline.model import checkpoint_io
 from pipeline.training.metrics import ClassificationSums, per_class_accuracy
 
 log = logging.getLogger(__name__)
@@ -48,10 +47,10 @@ def evaluate(checkpoint: str | os.PathLike, manifest: str | os.PathLike, *, spli
     from pipeline.inference.actors import ScoreViews, add_model_stage, model_pool
 
     t0 = time.perf_counter()
-    state = load_model_state(checkpoint)  # model.pt: no optimiser state to read
-    cfg = Config.from_dict(state["config"])
-    label_names: list[str] = state["label_names"]
-    del state
+    read = checkpoint_io.read(checkpoint)  # model.pt: no optimiser state to read
+    cfg = read.run_config()  # the authors' files carry none: the defaults with their preprocessing
+    label_names = list(read.label_names)
+    del read
     manifest_labels = read_labels(manifest)
     if manifest_labels != label_names:
         raise ValueError(f"{manifest}: labels.json ({len(manifest_labels)} classes) differs from the checkpoint's "

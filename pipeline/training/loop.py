@@ -56,7 +56,7 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
     # weight, so the starting weights (model.pretrained / init_2d / init_3d) are read only for a fresh run --------
     checkpoint = ray.train.get_checkpoint()
     state = _load(checkpoint)
-    model = _build_model(cfg, len(labels), starting_weights=state is None)
+    model = build_model(cfg, len(labels), starting_weights=state is None)
     if state is not None:
         model.load_state_dict(state["model"], strict=True)
     start_epoch, step = (state["epoch"], state["step"]) if state else (0, 0)
@@ -304,7 +304,8 @@ def _compiled_graphs(t) -> int | None:
     return int(counters["stats"]["unique_graphs"])
 
 
-def _build_model(cfg: Config, num_classes: int, *, starting_weights: bool = True) -> nn.Module:
+def build_model(cfg: Config, num_classes: int, *, starting_weights: bool = True) -> nn.Module:
+    """The model of `cfg` with `num_classes` outputs and its starting weights (none for a resume: the checkpoint's)."""
     from pipeline.model import BUILDERS
 
     builder = BUILDERS[cfg.model.variant]

@@ -173,7 +173,7 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
             worker_runtime_env=storage.storage_runtime_env() or {},
         ),
     )
-    with _controller_env(cfg):
+    with controller_env(cfg):
         result = trainer.fit()
     best = max(result.best_checkpoints or [], key=lambda cm: cm[1].get(SCORE, -1.0), default=None)
     runs = tracking.recorded_runs(cfg) if cfg.wandb.enabled and cfg.wandb.mode == "offline" else []
@@ -191,7 +191,7 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
 
 
 @contextlib.contextmanager
-def _controller_env(cfg: Config):
+def controller_env(cfg: Config):
     """Ray Train V2 settings that are environment variables, for this fit only: Ray Train forwards the
     RAY_TRAIN_* variables from the driver to its controller and workers. The worker-group start timeout has no
     public API (docs/training.md); this is the one place that sets it (tests/test_ray_contract.py)."""
