@@ -17,7 +17,7 @@ What goes wrong with decord 0.6.0 on real-world video, and what this module does
   (one pixel wider) and resized back. `probe` rejects videos whose short side is below `min_side` as too_small.
 - A missing file, a directory, an empty file or a text file all raise the same vague error: the path is checked
   first and `DecodeError` carries a stable reason code (missing, unreadable, is_directory, empty_file, not_a_video,
-  no_video_stream, too_small, truncated, decode_error, timeout, crashed) and the path.
+  no_video_stream, too_small, truncated, corrupt, decode_error, timeout, crashed) and the path.
 - Display rotation (phone video: landscape frames + a 90/270 degree display matrix): decord applies it, so sizes
   are the display's everywhere (`probe`, the manifest, the output size asked of decord); the PyAV backend applies
   the same matrix (issue 13).
@@ -25,15 +25,23 @@ What goes wrong with decord 0.6.0 on real-world video, and what this module does
   files it cannot open: the PyAV backend (pipeline.data.encode.iter_frames) decodes them behind the same
   interface (`backend=`); `probe(decoder="auto")` chooses it only where decord fails and reports the choice
   (`VideoInfo.backend`, the manifest's `backend` column), so training decodes each file the way the probe did.
+- Damaged files (a download cut after its front-loaded index, bytes overwritten mid-stream, an AVI whose writer
+  crashed, a Matroska block that runs past its cluster) open and decode partly: FFmpeg conceals or skips the
+  damage and decord and PyAV count frames that are garbage or absent. `probe` first decodes the stream once with
+  FFmpeg (pipeline.data.encode.scan_stream: every error the decoder or demuxer reports, packets missing against
+  the index) and rejects the file as corrupt / truncated, or with `accept_partial` keeps only the frames before
+  the damage. A still image renamed to a video name is not_a_video.
 - Multi-stream files: decord decodes FFmpeg's "best" video stream; `probe` reports that stream's facts.
 - `get_batch` can hang forever in native code (dmlc/decord#269, #373, #375) or crash the process, and memory
-  grows over many readers: callers decode through pipeline.data.isolation (a killable, recycled child process).
+  grows over many readers: callers decode through pipeline.data.isolation (a killable, recycled child process,
+  whose native log lines go to a file, not the console).
 Paths may be URIs (s3://, gs://, file://, ...): the bytes are read through pyarrow.fs and decord gets a file-like
 object (decord copies it into memory; fine for clips, which are a few MB).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import logging
@@ -48,7 +56,7 @@ from pipeline import storage
 # Import order matters: decord loads its bundled FFmpeg/libvpx with RTLD_GLOBAL, after which PyAV's libavcodec
 # binds to decord's older libvpx and cannot open the VP9 encoder ("avcodec_open2 returned 22"). Loading PyAV
 # first (through encode, the one PyAV module) keeps both working in one process.
-from pipeline.data.encode import frames_at, iter_frames, packet_index, stream_info
+from pipeline.data.encode import frames_at, iter_frames, packet_index, scan_stream, stream_info
 
 import decord  # noqa: E402
 
@@ -60,8 +68,14 @@ decord.logging.set_level(decord.logging.QUIET)
 
 REASONS = frozenset({
     "missing", "unreadable", "is_directory", "empty_file", "not_a_video", "no_video_stream", "too_small", "truncated",
-    "decode_error", "timeout", "crashed",
+    "decode_error", "timeout", "crashed", "corrupt",
 })
+# Damage `probe` finds in a file that otherwise opens: "corrupt" (packets or container structure the decoder or
+# demuxer rejects, frames it conceals) and "truncated" (the stream ends before its index says, an unfinalised
+# container). Such a file is rejected unless the caller accepts its clean head (`accept_partial`).
+DAMAGE_REASONS = ("corrupt", "truncated")
+# FFmpeg demuxers that read single images: a JPEG or PNG renamed .mp4 opens as a one-frame "video".
+_IMAGE_DEMUXERS = ("image2", "jpeg_pipe", "png_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif_pipe", "jpegxl_pipe")
 # Videos whose short side is below this are rejected by `probe` (a 112-224 px crop from them is mostly blur).
 MIN_SIDE = 32
 # Output widths for which decord 0.6.0 returns frames with a wrong channel count or raises a buffer-size mismatch
@@ -109,6 +123,9 @@ class VideoInfo:
     backend: str = "decord"
     # Display rotation (counter-clockwise degrees); width and height are already the display's.
     rotation: int = 0
+    # "" for a whole file; "corrupt" or "truncated" for a damaged one accepted with `accept_partial`, whose
+    # num_frames then counts only the frames that decode cleanly before the damage.
+    damaged: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -310,11 +327,15 @@ def _check_backend(backend: str) -> None:
 
 
 def probe(path: str, *, num_threads: int = 1, min_side: int = MIN_SIDE, exact: bool = True,
-          decoder: str = "auto") -> VideoInfo:
+          decoder: str = "auto", accept_partial: bool = False) -> VideoInfo:
     """Facts about a video for the manifest; `num_frames` counts frames that actually decode.
 
-    `exact` decodes the whole stream once at 64x64 to count decodable frames (cheap next to training); with
-    exact=False the count is decord's index minus the undecodable head of a mid-GOP cut (no decoding).
+    `exact` decodes the whole stream once with FFmpeg (PyAV, no pixel conversion) to find damage and count the
+    presentable frames, and once with decord at 64x64 where decord decodes it; with exact=False the count is
+    decord's index minus the undecodable head of a mid-GOP cut (no decoding, no damage check).
+    A damaged file (see DAMAGE_REASONS) raises DecodeError "corrupt" or "truncated"; with `accept_partial` it is
+    accepted with num_frames = the frames that decode cleanly before the damage and `damaged` set to the reason.
+    The verdict comes from the same FFmpeg scan whatever the backend, so decord and PyAV agree on it.
     `decoder`: "decord", "pyav", or "auto" (decord; PyAV for codecs decord lacks and files decord cannot decode).
     The result's `backend` names the one used. Width and height are the display's (rotation applied).
     Raises DecodeError with a reason code.
@@ -323,31 +344,88 @@ def probe(path: str, *, num_threads: int = 1, min_side: int = MIN_SIDE, exact: b
     path = str(path)
     source, head = _read_source(path)
     info = _stream_info(path, source, head)
+    if info["format"] in _IMAGE_DEMUXERS:
+        raise DecodeError(path, "not_a_video", f"a still image ({info['format']} demuxer), not a video")
     width, height = info["width"], info["height"]
     if min(width, height) < min_side:
         raise DecodeError(path, "too_small", f"{width}x{height} frames; need a short side >= {min_side} px")
-    if decoder == "pyav":
-        return _probe_pyav(path, source, info, exact=exact, num_threads=num_threads)
+    scan = _scan(path, source, head, num_threads=num_threads, accept_partial=accept_partial) if exact else None
+    result = _probe_backend(path, source, head, info, scan, decoder=decoder, exact=exact, num_threads=num_threads)
+    if scan is not None and scan["damage"]:
+        if result.num_frames > scan["clean_frames"]:
+            result = dataclasses.replace(result, num_frames=scan["clean_frames"],
+                                         duration=scan["clean_frames"] / result.fps if result.fps > 0 else 0.0)
+        result = dataclasses.replace(result, damaged=scan["damage"])
+    return result
+
+
+def _scan(path: str, source, head: bytes, *, num_threads: int, accept_partial: bool) -> dict[str, Any]:
+    """encode.scan_stream plus the container checks it cannot make; raises the damage unless `accept_partial`."""
+    try:
+        scan = scan_stream(_av_input(source), num_threads=num_threads)
+    except ValueError as e:
+        raise DecodeError(path, "decode_error", f"FFmpeg cannot read the stream: {short_error(e)}") from e
+    container = _container_damage(head, len(source) if isinstance(source, bytes) else os.path.getsize(source))
+    if container:
+        scan = {**scan, "damage": "truncated", "detail": container}
+    if not scan["damage"]:
+        return scan
+    clean = scan["clean_frames"]
+    if not accept_partial:
+        raise DecodeError(path, scan["damage"], f"{scan['detail']} ({clean} frames decode cleanly before it; "
+                                                f"eco prepare --accept-partial keeps them)")
+    if clean < 1:
+        raise DecodeError(path, scan["damage"], f"{scan['detail']}; no frame decodes cleanly before it")
+    log.info("%s: %s (%s); keeping the %d frames before it", path, scan["damage"], scan["detail"], clean)
+    return scan
+
+
+def _container_damage(head: bytes, size: int) -> str:
+    """Why the container's own header shows it unfinished ("" if it does not): an AVI whose writer stopped before
+    finalising it keeps the RIFF size placeholder (0), and a cut one declares more bytes than the file holds."""
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI " and len(head) >= 8:
+        riff_size = int.from_bytes(head[4:8], "little")
+        if riff_size == 0:
+            return "an unfinalised AVI: the RIFF size is 0 (its writer stopped before writing the index)"
+        if riff_size + 8 > size:
+            return f"the AVI declares {riff_size + 8} bytes, the file has {size}"
+    return ""
+
+
+def _probe_backend(path: str, source, head: bytes, info: dict[str, Any], scan: dict[str, Any] | None, *,
+                   decoder: str, exact: bool, num_threads: int) -> VideoInfo:
+    """probe's count and facts from the backend `decoder` asks for (auto: decord, PyAV where decord fails)."""
+    # A damaged file is counted only up to its clean head: the backend must decode that much, not the damage.
+    limit = scan["clean_frames"] if scan and scan["damage"] else None
+    if decoder == "pyav" or (limit and decoder == "auto"):
+        # PyAV for the clean head of a damaged file under auto: decord's threaded decoder reads packets ahead of
+        # the frame it returns, so its random access into the head meets the damage and fails.
+        return _probe_pyav(path, source, info, exact=exact, num_threads=num_threads, scan=scan)
     unsupported = DECORD_UNSUPPORTED_CODECS.get(info["codec"])
     if unsupported:
         if decoder == "decord":
             raise DecodeError(path, "decode_error", f"{unsupported} (data.decoder is 'decord'; auto or pyav "
                                                     f"decode it with PyAV)")
-        return _probe_pyav(path, source, info, exact=exact, num_threads=num_threads)
+        return _probe_pyav(path, source, info, exact=exact, num_threads=num_threads, scan=scan)
     try:
-        return _probe_decord(path, source, head, info, exact=exact, num_threads=num_threads)
+        result = _probe_decord(path, source, head, info, exact=exact, num_threads=num_threads, limit=limit)
+        if limit:  # decord asked for explicitly: its random access into the clean head must work too
+            clean = min(limit, result.num_frames)
+            _decode_decord(path, source, head, np.array([0, clean // 2, clean - 1]), short_side=None,
+                           num_threads=num_threads, num_frames=clean, size=(result.width, result.height))
+        return result
     except DecodeError as e:
         if decoder == "decord" or e.reason != "decode_error":
             raise
         log.info("%s: decord cannot decode it (%s); trying the PyAV backend", path, e.detail)
         try:
-            return _probe_pyav(path, source, info, exact=exact, num_threads=num_threads)
+            return _probe_pyav(path, source, info, exact=exact, num_threads=num_threads, scan=scan)
         except DecodeError as e2:
             raise DecodeError(path, e2.reason, f"{e2.detail}; decord: {e.detail}") from e2
 
 
-def _probe_decord(path: str, source, head: bytes, info: dict[str, Any], *, exact: bool, num_threads: int
-                  ) -> VideoInfo:
+def _probe_decord(path: str, source, head: bytes, info: dict[str, Any], *, exact: bool, num_threads: int,
+                  limit: int | None = None) -> VideoInfo:
     width, height = info["width"], info["height"]
     if len(info["video_streams"]) > 1:
         # decord decodes the stream its own FFmpeg calls "best", which need not be the one PyAV's FFmpeg picked:
@@ -374,7 +452,8 @@ def _probe_decord(path: str, source, head: bytes, info: dict[str, Any], *, exact
             return _reader(source, num_threads=num_threads, width=count_w, height=count_h)
 
         try:
-            num_frames, yielded = _count_presentable(_iter_sequential(make_reader, mid_gop))
+            frames = _iter_sequential(make_reader, mid_gop)
+            num_frames, yielded = _count_presentable(itertools.islice(frames, limit) if limit else frames)
         except Exception as e:  # DECORDError mid-stream: a damaged file
             raise DecodeError(path, "decode_error", f"decoding failed: {short_error(e)}") from e
         if yielded > num_frames:
@@ -406,9 +485,12 @@ def _av_input(source: str | bytes):
     return io.BytesIO(source) if isinstance(source, bytes) else source
 
 
-def _probe_pyav(path: str, source, info: dict[str, Any], *, exact: bool, num_threads: int) -> VideoInfo:
+def _probe_pyav(path: str, source, info: dict[str, Any], *, exact: bool, num_threads: int,
+                scan: dict[str, Any] | None = None) -> VideoInfo:
     reported = int(info["frames"])
-    if exact or reported < 1:
+    if scan is not None:
+        num_frames = scan["frames"]  # the damage scan decoded every presentable frame with FFmpeg already
+    elif exact or reported < 1:
         try:
             # Every presentable frame, converted at 64x64 (counting costs the codec, not the conversion).
             num_frames = sum(1 for _ in iter_frames(_av_input(source), size=_COUNT_SIZE, num_threads=num_threads))
