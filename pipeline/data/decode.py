@@ -57,7 +57,7 @@ from pipeline import storage
 # Import order matters: decord loads its bundled FFmpeg/libvpx with RTLD_GLOBAL, after which PyAV's libavcodec
 # binds to decord's older libvpx and cannot open the VP9 encoder ("avcodec_open2 returned 22"). Loading PyAV
 # first (through encode, the one PyAV module) keeps both working in one process.
-from pipeline.data.encode import frames_at, iter_frames, packet_index, scan_stream, stream_info
+from pipeline.data.encode import frames_at, indexed_frames_at, iter_frames, scan_stream, stream_info
 
 import decord  # noqa: E402
 
@@ -675,29 +675,34 @@ def _decode_pyav_random_access(path: str, source, idx: np.ndarray, *, num_frames
                                num_threads: int) -> np.ndarray | None:
     """Frames at `idx` by seeking (see _decode_pyav), or None where the packets do not stand for the frames."""
     key = (path, None if stream_size is None else tuple(int(v) for v in stream_size))
-    if key not in _PACKET_INDEX:
-        try:
-            index = packet_index(_av_input(source), stream_size=stream_size)
-        except ValueError:
-            index = None
-        if len(_PACKET_INDEX) >= _PACKET_INDEX_MAX:
-            _PACKET_INDEX.pop(next(iter(_PACKET_INDEX)))
-        _PACKET_INDEX[key] = index
-    index = _PACKET_INDEX[key]
-    if index is None or len(index[0]) != num_frames or not index[1]:
-        return None
-    pts, keys = index
-    wanted = [pts[int(i)] for i in idx]
+    positions = sorted(set(int(i) for i in idx))
     try:
-        got = frames_at(_av_input(source), wanted, keys, stream_size=stream_size, size=out_size,
-                        num_threads=num_threads)
+        if key in _PACKET_INDEX:
+            index = _PACKET_INDEX[key]
+            if index is None or len(index[0]) != num_frames or not index[1]:
+                return None
+            pts = index[0]
+            got = frames_at(_av_input(source), [pts[i] for i in positions], index[1], stream_size=stream_size,
+                            size=out_size, num_threads=num_threads)
+            found = {i: got[pts[i]] for i in positions if pts[i] in got}
+        else:  # the file's first clip in this process: index and frames through one opening
+            try:
+                index, found = indexed_frames_at(_av_input(source), positions, num_frames=num_frames,
+                                                 stream_size=stream_size, size=out_size, num_threads=num_threads)
+            except ValueError:
+                index, found = None, None
+            if len(_PACKET_INDEX) >= _PACKET_INDEX_MAX:
+                _PACKET_INDEX.pop(next(iter(_PACKET_INDEX)))
+            _PACKET_INDEX[key] = index
+            if found is None:
+                return None
     except (ValueError, RuntimeError) as e:
         log.debug("%s: PyAV random access failed (%s); reading sequentially", path, short_error(e))
         return None
-    if len(got) != len(set(wanted)):
-        log.debug("%s: PyAV random access missed %d frames; reading sequentially", path, len(set(wanted)) - len(got))
+    if len(found) != len(positions):
+        log.debug("%s: PyAV random access missed %d frames; reading sequentially", path, len(positions) - len(found))
         return None
-    return np.stack([got[p] for p in wanted])
+    return np.stack([found[int(i)] for i in idx])
 
 
 # Files whose random access returned byte-identical frames at distinct indices and whose sequential decode then

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import av
+from av.video.reformatter import VideoReformatter
 
 log = logging.getLogger(__name__)
 
@@ -476,25 +477,31 @@ def _pick_stream(container, stream_size: tuple[int, int] | None):
     return stream
 
 
+def _open_input(source):
+    try:
+        return av.open(source, mode="r")
+    except av.FFmpegError as e:
+        raise ValueError(f"FFmpeg cannot open the container: {e}") from e
+
+
 def packet_index(source, *, stream_size: tuple[int, int] | None = None) -> tuple[list[int], list[int]] | None:
     """(pts of every packet in presentation order, pts of the keyframes) of the stream `iter_frames` decodes, read
     from the packets alone (no decoding); None when packets cannot stand for frames: a packet without pts, or a
     first packet (decode order) that is not a keyframe (a mid-GOP cut, whose head does not decode)."""
-    try:
-        container = av.open(source, mode="r")
-    except av.FFmpegError as e:
-        raise ValueError(f"FFmpeg cannot open the container: {e}") from e
+    with _open_input(source) as container:
+        return _packet_index(container, _pick_stream(container, stream_size))
+
+
+def _packet_index(container, stream) -> tuple[list[int], list[int]] | None:
     pts, keys = [], []
-    with container:
-        stream = _pick_stream(container, stream_size)
-        for packet in container.demux(stream):
-            if packet.size == 0:  # the demuxer's flush packet
-                continue
-            if packet.pts is None or (not pts and not packet.is_keyframe):
-                return None
-            pts.append(int(packet.pts))
-            if packet.is_keyframe:
-                keys.append(int(packet.pts))
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the demuxer's flush packet
+            continue
+        if packet.pts is None or (not pts and not packet.is_keyframe):
+            return None
+        pts.append(int(packet.pts))
+        if packet.is_keyframe:
+            keys.append(int(packet.pts))
     return sorted(pts), sorted(keys)
 
 
@@ -504,44 +511,71 @@ def frames_at(source, wanted_pts: list[int], keyframe_pts: list[int], *, stream_
     `iter_frames`), by seeking to the keyframe before each one (`keyframe_pts` from `packet_index`) and decoding
     forward; consecutive targets in the same GOP share one pass. Frames are identified by their pts, never by
     counting, so a frame that is not found is missing from the result rather than replaced by another."""
+    with _open_input(source) as container:
+        stream = _pick_stream(container, stream_size)
+        return _frames_at(container, stream, wanted_pts, keyframe_pts, size=size, num_threads=num_threads)
+
+
+def indexed_frames_at(source, positions: list[int], *, num_frames: int, stream_size: tuple[int, int] | None = None,
+                      size: tuple[int, int] | None = None, num_threads: int = 1
+                      ) -> tuple[tuple[list[int], list[int]] | None, dict[int, np.ndarray] | None]:
+    """`packet_index` and `frames_at` through one opening of the file (opening costs FFmpeg's stream probing):
+    (the index, {position: frame} of the frames at these positions of the presentation order), the frames None
+    where the packets do not stand 1:1 for `num_frames` frames (see packet_index)."""
+    with _open_input(source) as container:
+        stream = _pick_stream(container, stream_size)
+        index = _packet_index(container, stream)
+        if index is None or len(index[0]) != num_frames or not index[1]:
+            return index, None
+        pts, keys = index
+        got = _frames_at(container, stream, [pts[int(i)] for i in positions], keys, size=size,
+                         num_threads=num_threads)
+        return index, {int(i): got[pts[int(i)]] for i in positions if pts[int(i)] in got}
+
+
+def _frames_at(container, stream, wanted_pts: list[int], keyframe_pts: list[int], *, size: tuple[int, int] | None,
+               num_threads: int) -> dict[int, np.ndarray]:
     targets = sorted(set(int(p) for p in wanted_pts))
     got: dict[int, np.ndarray] = {}
-    try:
-        container = av.open(source, mode="r")
-    except av.FFmpegError as e:
-        raise ValueError(f"FFmpeg cannot open the container: {e}") from e
-    with container:
-        stream = _pick_stream(container, stream_size)
-        stream.codec_context.thread_count = int(num_threads)
-        frames, last = None, None
-        for target in targets:
-            if target in got:
+    stream.codec_context.thread_count = int(num_threads)
+    frames, last = None, None
+    for target in targets:
+        if target in got:
+            continue
+        k = bisect.bisect_right(keyframe_pts, target) - 1
+        key = keyframe_pts[max(k, 0)]
+        # Decoding on from where the last pass stopped costs less than a seek when no keyframe lies between.
+        if frames is None or last is None or not key <= last < target:
+            try:
+                container.seek(key, stream=stream, backward=True, any_frame=False)
+            except av.FFmpegError as e:
+                raise RuntimeError(f"FFmpeg cannot seek to pts {key}: {e}") from e
+            frames = _decoded(container, stream, set(targets))
+        for frame in frames:
+            if frame.pts is None:
                 continue
-            k = bisect.bisect_right(keyframe_pts, target) - 1
-            key = keyframe_pts[max(k, 0)]
-            # Decoding on from where the last pass stopped costs less than a seek when no keyframe lies between.
-            if frames is None or last is None or not key <= last < target:
-                try:
-                    container.seek(key, stream=stream, backward=True, any_frame=False)
-                except av.FFmpegError as e:
-                    raise RuntimeError(f"FFmpeg cannot seek to pts {key}: {e}") from e
-                frames = _decoded(container, stream)
-            for frame in frames:
-                if frame.pts is None:
-                    continue
-                last = int(frame.pts)
-                if last in targets and last not in got:
-                    got[last] = frame
-                if last >= target:
-                    break
-            else:
-                frames = None  # the stream ended: the next target needs a seek
-    return {p: _display_array(f, size) for p, f in got.items()}
+            last = int(frame.pts)
+            if last in targets and last not in got:
+                got[last] = frame
+            if last >= target:
+                break
+        else:
+            frames = None  # the stream ended: the next target needs a seek
+    # One scaler for the clip: PyAV's frame.reformat builds a new swscale context for every frame.
+    reformatter = VideoReformatter()
+    return {p: _display_array(f, size, reformatter) for p, f in got.items()}
 
 
-def _decoded(container, stream):
-    """The decoded frames of `stream` from the container's position, skipping packets FFmpeg rejects."""
+def _decoded(container, stream, wanted: set[int] | None = None):
+    """The decoded frames of `stream` from the container's position, skipping packets FFmpeg rejects.
+
+    With `wanted` (pts), a packet of another frame is decoded only if other frames may reference it: FFmpeg skips
+    non-reference frames (skip_frame NONREF, decided per packet), e.g. most B-frames of x264's default GOP, which
+    no target needs. Those skipped frames are never output, so callers match frames by pts, never by count."""
+    context = stream.codec_context
     for packet in container.demux(stream):
+        if wanted is not None:
+            context.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in wanted else "NONREF"
         try:
             yield from packet.decode()
         except av.InvalidDataError:
@@ -550,7 +584,7 @@ def _decoded(container, stream):
             raise RuntimeError(f"FFmpeg failed decoding a packet: {e}") from e
 
 
-def _display_array(frame, size: tuple[int, int] | None) -> np.ndarray:
+def _display_array(frame, size: tuple[int, int] | None, reformatter: VideoReformatter | None = None) -> np.ndarray:
     """One decoded frame -> uint8 RGB (H, W, 3) in display orientation, scaled to `size` (display width, height)."""
     turns = int(round(frame.rotation / 90.0)) % 4  # counter-clockwise quarter turns (np.rot90's convention)
     if size is None:
@@ -560,7 +594,8 @@ def _display_array(frame, size: tuple[int, int] | None) -> np.ndarray:
         if turns % 2:  # scale in the coded orientation: the display's width is the coded height
             width, height = height, width
         # Bilinear: cheap, and the transforms resize and crop again downstream.
-        array = frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
+        scaler = reformatter or VideoReformatter()
+        array = scaler.reformat(frame, width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
     if turns:
         array = np.ascontiguousarray(np.rot90(array, k=turns))
     return array
