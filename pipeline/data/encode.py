@@ -359,6 +359,7 @@ def iter_frames(source, *, stream_index: int | None = None, stream_size: tuple[i
             raise ValueError("the container holds no video stream")
         stream = streams[stream_index] if stream_index is not None else _pick_stream(container, stream_size)
         stream.codec_context.thread_count = int(num_threads)
+        reformatter = VideoReformatter()
         for packet in container.demux(stream):
             try:
                 frames = packet.decode()
@@ -367,7 +368,7 @@ def iter_frames(source, *, stream_index: int | None = None, stream_size: tuple[i
             except av.FFmpegError as e:
                 raise RuntimeError(f"FFmpeg failed decoding a packet: {e}") from e
             for frame in frames:
-                yield _display_array(frame, size)
+                yield _display_array(frame, size, reformatter)
 
 
 # FFmpeg's log level for errors (AV_LOG_ERROR): what a demuxer logs when the container's structure is broken (a
@@ -587,14 +588,16 @@ def _decoded(container, stream, wanted: set[int] | None = None):
 def _display_array(frame, size: tuple[int, int] | None, reformatter: VideoReformatter | None = None) -> np.ndarray:
     """One decoded frame -> uint8 RGB (H, W, 3) in display orientation, scaled to `size` (display width, height)."""
     turns = int(round(frame.rotation / 90.0)) % 4  # counter-clockwise quarter turns (np.rot90's convention)
+    # A reformatter kept across frames keeps its swscale context: frame.to_ndarray(format=...) and frame.reformat
+    # build a new one per frame, which costs more than converting a 256 px frame.
+    scaler = reformatter or VideoReformatter()
     if size is None:
-        array = frame.to_ndarray(format="rgb24")
+        array = scaler.reformat(frame, format="rgb24").to_ndarray()
     else:
         width, height = int(size[0]), int(size[1])
         if turns % 2:  # scale in the coded orientation: the display's width is the coded height
             width, height = height, width
         # Bilinear: cheap, and the transforms resize and crop again downstream.
-        scaler = reformatter or VideoReformatter()
         array = scaler.reformat(frame, width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
     if turns:
         array = np.ascontiguousarray(np.rot90(array, k=turns))
