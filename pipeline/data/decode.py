@@ -364,7 +364,7 @@ def probe(path: str, *, num_threads: int = 1, min_side: int = MIN_SIDE, exact: b
     scan = _scan(path, source, head, num_threads=num_threads, accept_partial=accept_partial) if exact else None
     result = _probe_backend(path, source, head, info, scan, decoder=decoder, exact=exact, num_threads=num_threads)
     if decoder == "auto" and exact and result.backend == "decord" and _worth_a_trial(result):
-        result = _faster_backend(path, result, num_threads=num_threads)
+        result = _faster_backend(path, source, head, result, num_threads=num_threads)
     if scan is not None and scan["damage"]:
         if result.num_frames > scan["clean_frames"]:
             result = dataclasses.replace(result, num_frames=scan["clean_frames"],
@@ -379,7 +379,7 @@ def _worth_a_trial(info: VideoInfo) -> bool:
     return min(info.width, info.height) >= TRIAL_MIN_SIDE and info.num_frames >= 2 * TRIAL_FRAMES
 
 
-def _faster_backend(path: str, info: VideoInfo, *, num_threads: int) -> VideoInfo:
+def _faster_backend(path: str, source, head: bytes, info: VideoInfo, *, num_threads: int) -> VideoInfo:
     """`info` with the backend that decodes a trial clip (TRIAL_FRAMES TSN frames at short side TRIAL_SHORT_SIDE)
     in less CPU time, among those that decode it right: PyAV (the reference numbering) when decord's frames differ.
 
@@ -391,10 +391,11 @@ def _faster_backend(path: str, info: VideoInfo, *, num_threads: int) -> VideoInf
     kwargs = dict(short_side=side, num_threads=num_threads, num_frames=n, size=(info.width, info.height))
     cpu_s, frames = {}, {}
     try:
-        for backend in ("decord", "pyav"):
-            decode_frames(path, idx, backend=backend, **kwargs)
+        for backend, decode in (("decord", _decode_decord), ("pyav", _decode_pyav)):
+            # The bytes probe already read (a URI is not fetched again).
+            decode(path, source, head, idx, **kwargs)
             start = time.process_time()
-            frames[backend] = decode_frames(path, idx, backend=backend, **kwargs)
+            frames[backend] = decode(path, source, head, idx, **kwargs)
             cpu_s[backend] = time.process_time() - start
     except DecodeError as e:
         log.info("%s: the %s trial failed (%s); keeping %s", path, backend, e.detail, info.backend)
