@@ -362,9 +362,17 @@ def probe(path: str, *, num_threads: int = 1, min_side: int = MIN_SIDE, exact: b
     if min(width, height) < min_side:
         raise DecodeError(path, "too_small", f"{width}x{height} frames; need a short side >= {min_side} px")
     scan = _scan(path, source, head, num_threads=num_threads, accept_partial=accept_partial) if exact else None
-    result = _probe_backend(path, source, head, info, scan, decoder=decoder, exact=exact, num_threads=num_threads)
-    if decoder == "auto" and exact and result.backend == "decord" and _worth_a_trial(result):
-        result = _faster_backend(path, source, head, result, num_threads=num_threads)
+    trial = None
+    if decoder == "auto" and scan is not None and not scan["damage"] and _worth_a_trial(info, scan["frames"]):
+        trial = _trial(path, source, head, info, scan["frames"], num_threads=num_threads)
+    if trial and trial[0] == "pyav":
+        # PyAV's count is the scan's: decord's counting pass is not needed for a file PyAV will decode.
+        result = _probe_pyav(path, source, info, exact=exact, num_threads=num_threads, scan=scan)
+    else:
+        result = _probe_backend(path, source, head, info, scan, decoder=decoder, exact=exact,
+                                num_threads=num_threads)
+    if trial:
+        result = dataclasses.replace(result, trial_ms=trial[1])
     if scan is not None and scan["damage"]:
         if result.num_frames > scan["clean_frames"]:
             result = dataclasses.replace(result, num_frames=scan["clean_frames"],
@@ -373,44 +381,50 @@ def probe(path: str, *, num_threads: int = 1, min_side: int = MIN_SIDE, exact: b
     return result
 
 
-def _worth_a_trial(info: VideoInfo) -> bool:
-    """Whether `auto` times both backends on this file: where a clip costs more than opening the file (a few ms),
-    so that the measurement says something about training; small files keep decord (a deterministic choice)."""
-    return min(info.width, info.height) >= TRIAL_MIN_SIDE and info.num_frames >= 2 * TRIAL_FRAMES
+def _worth_a_trial(info: dict[str, Any], num_frames: int) -> bool:
+    """Whether `auto` times both backends on this file (header facts `info`): where a clip costs more than opening
+    the file (a few ms), so that the measurement says something about training; smaller files keep decord (a
+    choice that does not depend on the machine's load). Not for codecs decord lacks or several video streams
+    (decord may decode another stream than the one described)."""
+    return (min(info["width"], info["height"]) >= TRIAL_MIN_SIDE and num_frames >= 2 * TRIAL_FRAMES
+            and len(info["video_streams"]) == 1 and info["codec"] not in DECORD_UNSUPPORTED_CODECS)
 
 
-def _faster_backend(path: str, source, head: bytes, info: VideoInfo, *, num_threads: int) -> VideoInfo:
-    """`info` with the backend that decodes a trial clip (TRIAL_FRAMES TSN frames at short side TRIAL_SHORT_SIDE)
-    in less CPU time, among those that decode it right: PyAV (the reference numbering) when decord's frames differ.
+def _trial(path: str, source, head: bytes, info: dict[str, Any], num_frames: int, *, num_threads: int
+           ) -> tuple[str, dict[str, float]] | None:
+    """(the backend that decodes a trial clip (TRIAL_FRAMES TSN frames at short side TRIAL_SHORT_SIDE) in less
+    CPU time among those that decode it right, CPU ms per backend); PyAV (the reference numbering) where decord's
+    frames differ. None where a backend fails (probe then goes its usual way).
 
-    Each backend decodes the clip twice, the second timed: the first pays what training pays once per file and
-    decode process (page cache, PyAV's packet index)."""
-    n = info.num_frames
+    Each backend decodes the clip once, cold (a new reader, PyAV's packet index not cached): in training a decode
+    process meets a file about once per epoch, so every clip pays that; the scan before has the file in the page
+    cache for both."""
+    n = num_frames
     idx = ((np.arange(TRIAL_FRAMES) + 0.5) * n / TRIAL_FRAMES).astype(np.int64)
-    side = TRIAL_SHORT_SIDE if min(info.width, info.height) > TRIAL_SHORT_SIDE else None
-    kwargs = dict(short_side=side, num_threads=num_threads, num_frames=n, size=(info.width, info.height))
+    width, height = info["width"], info["height"]
+    side = TRIAL_SHORT_SIDE if min(width, height) > TRIAL_SHORT_SIDE else None
+    kwargs = dict(short_side=side, num_threads=num_threads, num_frames=n, size=(width, height))
     cpu_s, frames = {}, {}
     try:
         for backend, decode in (("decord", _decode_decord), ("pyav", _decode_pyav)):
-            # The bytes probe already read (a URI is not fetched again).
-            decode(path, source, head, idx, **kwargs)
-            start = time.process_time()
+            _PACKET_INDEX.pop((path, (width, height)), None)
+            start = time.process_time()  # on the bytes probe already read (a URI is not fetched again)
             frames[backend] = decode(path, source, head, idx, **kwargs)
             cpu_s[backend] = time.process_time() - start
     except DecodeError as e:
-        log.info("%s: the %s trial failed (%s); keeping %s", path, backend, e.detail, info.backend)
-        return info
+        log.info("%s: the %s trial failed (%s)", path, backend, e.detail)
+        return None
     agree = _same_frames(frames["decord"], frames["pyav"])
     faster = "pyav" if cpu_s["pyav"] < TRIAL_MARGIN * cpu_s["decord"] else "decord"
     choice = faster if agree else "pyav"
     log.debug("%s: trial clip decord %.1f ms, pyav %.1f ms CPU%s: %s", path, 1e3 * cpu_s["decord"],
               1e3 * cpu_s["pyav"], "" if agree else " (decord's frames differ from FFmpeg's)", choice)
-    return dataclasses.replace(info, backend=choice, trial_ms={k: round(1e3 * v, 2) for k, v in cpu_s.items()})
+    return choice, {k: round(1e3 * v, 2) for k, v in cpu_s.items()}
 
 
 def _same_frames(a: np.ndarray, b: np.ndarray) -> bool:
-    """Two backends' decodes of the same frames: equal up to their scalers' rounding (each frame closer to its
-    counterpart than to the next one, and close in absolute terms)."""
+    """Two backends' decodes of the same frames: equal up to their scalers' and FFmpeg builds' rounding (mean
+    absolute difference below TRIAL_MAX_DIFF on every frame)."""
     if a.shape != b.shape:
         return False
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).mean(axis=(1, 2, 3))
