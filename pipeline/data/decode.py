@@ -23,8 +23,9 @@ What goes wrong with decord 0.6.0 on real-world video, and what this module does
   the same matrix (issue 13).
 - Codecs decord 0.6's bundled FFmpeg cannot decode (AV1: "cannot find video stream with wanted index: -1") and
   files it cannot open: the PyAV backend (pipeline.data.encode.iter_frames) decodes them behind the same
-  interface (`backend=`); `probe(decoder="auto")` chooses it only where decord fails and reports the choice
-  (`VideoInfo.backend`, the manifest's `backend` column), so training decodes each file the way the probe did.
+  interface (`backend=`); `probe(decoder="auto")` chooses it where decord fails, and where a timed trial clip
+  shows it faster (files with a short side of TRIAL_MIN_SIDE or more), and reports the choice (`VideoInfo.backend`,
+  the manifest's `backend` column), so training decodes each file the way the probe chose.
 - Damaged files (a download cut after its front-loaded index, bytes overwritten mid-stream, an AVI whose writer
   crashed, a Matroska block that runs past its cluster) open and decode partly: FFmpeg conceals or skips the
   damage and decord and PyAV count frames that are garbage or absent. `probe` first decodes the stream once with
@@ -343,13 +344,15 @@ def probe(path: str, *, num_threads: int = 1, min_side: int = MIN_SIDE, exact: b
     """Facts about a video for the manifest; `num_frames` counts frames that actually decode.
 
     `exact` decodes the whole stream once with FFmpeg (PyAV, no pixel conversion) to find damage and count the
-    presentable frames, and once with decord at 64x64 where decord decodes it; with exact=False the count is
+    presentable frames, and once with decord at 64x64 where decord is to decode it; with exact=False the count is
     decord's index minus the undecodable head of a mid-GOP cut (no decoding, no damage check).
     A damaged file (see DAMAGE_REASONS) raises DecodeError "corrupt" or "truncated"; with `accept_partial` it is
     accepted with num_frames = the frames that decode cleanly before the damage and `damaged` set to the reason.
     The verdict comes from the same FFmpeg scan whatever the backend, so decord and PyAV agree on it.
-    `decoder`: "decord", "pyav", or "auto" (decord; PyAV for codecs decord lacks and files decord cannot decode).
-    The result's `backend` names the one used. Width and height are the display's (rotation applied).
+    `decoder`: "decord", "pyav", or "auto" (decord; PyAV for codecs decord lacks, files decord cannot decode,
+    damaged files accepted partially, and files where a trial clip decodes in under TRIAL_MARGIN times decord's CPU
+    time or decord's frames differ; the timings in `trial_ms`). The result's `backend` names the one chosen.
+    Width and height are the display's (rotation applied).
     Raises DecodeError with a reason code.
     """
     _check_backend(decoder)
