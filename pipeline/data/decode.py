@@ -23,8 +23,8 @@ What goes wrong with decord 0.6.0 on real-world video, and what this module does
   the same matrix (issue 13).
 - Codecs decord 0.6's bundled FFmpeg cannot decode (AV1: "cannot find video stream with wanted index: -1") and
   files it cannot open: the PyAV backend (pipeline.data.encode.iter_frames) decodes them behind the same
-  interface (`backend=`); `probe(decoder="auto")` chooses it where decord fails, and where a timed trial clip
-  shows it faster (files with a short side of TRIAL_MIN_SIDE or more), and reports the choice (`VideoInfo.backend`,
+  interface (`backend=`); `probe(decoder="auto")` chooses it where decord fails, and on files with a short side of
+  TRIAL_MIN_SIDE or more unless a timed trial clip shows decord faster, and reports the choice (`VideoInfo.backend`,
   the manifest's `backend` column), so training decodes each file the way the probe chose.
 - Damaged files (a download cut after its front-loaded index, bytes overwritten mid-stream, an AVI whose writer
   crashed, a Matroska block that runs past its cluster) open and decode partly: FFmpeg conceals or skips the
@@ -94,9 +94,10 @@ BACKENDS = ("auto", "decord", "pyav")
 DECORD_UNSUPPORTED_CODECS = {"av1": "AV1 is not supported by decord 0.6's FFmpeg"}
 _HEAD_BYTES = 4096
 # `probe(decoder="auto")` times a clip of TRIAL_FRAMES frames at short side TRIAL_SHORT_SIDE (the training default)
-# with each backend on files whose short side is at least TRIAL_MIN_SIDE, and keeps PyAV where it takes less than
-# TRIAL_MARGIN times decord's CPU time (a clear win: decord is the default) and decodes the same frames (mean
-# absolute difference per frame below TRIAL_MAX_DIFF: two FFmpeg builds' scalers differ by a few levels).
+# with each backend on files whose short side is at least TRIAL_MIN_SIDE, and keeps decord only where it takes less
+# than TRIAL_MARGIN times PyAV's CPU time and decodes the same frames (mean absolute difference per frame below
+# TRIAL_MAX_DIFF: two FFmpeg builds' scalers differ by a few levels). PyAV wins ties: it was the faster backend on
+# every video `eco bench decode` measured (docs/benchmarks.md section 8), and one cold clip's timing is noisy.
 TRIAL_FRAMES = 8
 TRIAL_SHORT_SIDE = 256
 TRIAL_MIN_SIDE = 128
@@ -349,9 +350,10 @@ def probe(path: str, *, num_threads: int = 1, min_side: int = MIN_SIDE, exact: b
     A damaged file (see DAMAGE_REASONS) raises DecodeError "corrupt" or "truncated"; with `accept_partial` it is
     accepted with num_frames = the frames that decode cleanly before the damage and `damaged` set to the reason.
     The verdict comes from the same FFmpeg scan whatever the backend, so decord and PyAV agree on it.
-    `decoder`: "decord", "pyav", or "auto" (decord; PyAV for codecs decord lacks, files decord cannot decode,
-    damaged files accepted partially, and files where a trial clip decodes in under TRIAL_MARGIN times decord's CPU
-    time or decord's frames differ; the timings in `trial_ms`). The result's `backend` names the one chosen.
+    `decoder`: "decord", "pyav", or "auto" (on files with a short side of TRIAL_MIN_SIDE or more: PyAV unless a
+    trial clip shows decord faster by TRIAL_MARGIN with the same frames, the timings in `trial_ms`; on smaller
+    files decord; PyAV for codecs decord lacks, files decord cannot decode and damaged files accepted partially).
+    The result's `backend` names the one chosen.
     Width and height are the display's (rotation applied).
     Raises DecodeError with a reason code.
     """
@@ -418,7 +420,7 @@ def _trial(path: str, source, head: bytes, info: dict[str, Any], num_frames: int
         log.info("%s: the %s trial failed (%s)", path, backend, e.detail)
         return None
     agree = _same_frames(frames["decord"], frames["pyav"])
-    faster = "pyav" if cpu_s["pyav"] < TRIAL_MARGIN * cpu_s["decord"] else "decord"
+    faster = "decord" if cpu_s["decord"] < TRIAL_MARGIN * cpu_s["pyav"] else "pyav"
     choice = faster if agree else "pyav"
     log.debug("%s: trial clip decord %.1f ms, pyav %.1f ms CPU%s: %s", path, 1e3 * cpu_s["decord"],
               1e3 * cpu_s["pyav"], "" if agree else " (decord's frames differ from FFmpeg's)", choice)
