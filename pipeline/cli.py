@@ -68,7 +68,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         summary = manifest.prepare(source, args.out, val_fraction=args.val_fraction, seed=args.seed,
                                    probe_timeout_s=args.probe_timeout,
                                    normalize_short_side=args.normalize_short_side, normalize_gop=args.normalize_gop,
-                                   decoder=args.decoder)
+                                   decoder=args.decoder, accept_partial=args.accept_partial)
     print(summary.describe() if hasattr(summary, "describe") else summary)
     return 0
 
@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--decoder", choices=["auto", "decord", "pyav"], default="auto",
                        help="decode backend for the probe (recorded per video in the manifest): auto = decord, "
                             "PyAV for files decord cannot decode (AV1, ...)")
+    probe.add_argument("--accept-partial", action="store_true",
+                       help="accept damaged videos (corrupt, truncated) with only the frames that decode cleanly "
+                            "before the damage (the manifest's damaged column names the damage) instead of "
+                            "quarantining them")
     s = src.add_parser("folder", parents=[probe], help="root/<class>/<video> (UCF101, HMDB51, Kinetics downloader)")
     s.add_argument("root")
     s = src.add_parser("kinetics", parents=[probe], help="Kinetics CSV annotations + a directory of clips")

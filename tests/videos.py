@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.encode import cut_stream_copy, decode_all_pyav, write_audio_only, write_streams, write_video
+from pipeline.data.encode import (
+    cut_stream_copy,
+    decode_all_pyav,
+    packet_spans,
+    write_audio_only,
+    write_jpeg,
+    write_streams,
+    write_video,
+)
 
 SUFFIX = {"libx264": ".mp4", "mpeg4": ".avi", "libvpx-vp9": ".webm"}
 
@@ -151,3 +159,117 @@ def make_unreadable(path: str | Path) -> Path:
         path.write_bytes(b"\0" * 1024)
         path.chmod(0)
     return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Damaged files: what broken downloads, crashed writers and bit rot leave. Each writer keeps the intact file at
+# `intact` (when given) so that a test can tell which frames still decode exactly as they should. No B-frames:
+# decode order is presentation order, so "the frames before the damage" is one prefix.
+# --------------------------------------------------------------------------------------------------------------
+
+DAMAGED_KINDS = ("truncated_indexed", "corrupt_middle", "unfinalised_avi", "mkv_block_past_cluster")
+
+
+def write_damaged(path: str | Path, kind: str, *, intact: str | Path | None = None, num_frames: int = 40) -> Path:
+    """A damaged video of `kind` (DAMAGED_KINDS) at `path`:
+
+    - truncated_indexed: an MP4 with its index in front (faststart) cut at half its bytes, as a broken download
+      of a streaming-ready file: the index survives and declares frames that are not in the file;
+    - corrupt_middle: an MP4 with random bytes written over the packet of its middle frame;
+    - unfinalised_avi: an AVI as its writer leaves it when it crashes: the header's size and count placeholders
+      still 0, no index (idx1), the data cut at 60% of the stream;
+    - mkv_block_past_cluster: a Matroska file one of whose blocks declares a size that runs past its cluster.
+    """
+    path = Path(path)
+    if kind not in DAMAGED_KINDS:
+        raise ValueError(f"unknown damage {kind!r}; valid: {', '.join(DAMAGED_KINDS)}")
+    suffix = {"unfinalised_avi": ".avi", "mkv_block_past_cluster": ".mkv"}.get(kind, ".mp4")
+    frames = indexed_frames(num_frames, 64, 48)
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = Path(tmp) / ("whole" + suffix)
+        if kind == "unfinalised_avi":
+            write_video(whole, frames, 16, codec="mpeg4")
+        elif kind == "mkv_block_past_cluster":
+            # 4 fps: 10 s, so that the muxer starts a second cluster (every 5 s at a keyframe).
+            write_video(whole, frames, 4, gop=8, bframes=0)
+        else:
+            write_video(whole, frames, 16, gop=num_frames, bframes=0, faststart=kind == "truncated_indexed")
+        data = bytearray(whole.read_bytes())
+        spans = packet_spans(whole)
+        if intact is not None:
+            Path(intact).write_bytes(bytes(data))
+    if kind == "truncated_indexed":
+        assert data.find(b"moov") < data.find(b"mdat"), "faststart: the index comes first"
+        data = data[: len(data) // 2]
+    elif kind == "corrupt_middle":
+        # Random bytes over the packet of the middle frame (after its 4-byte NAL length, so that the damage is in
+        # the picture data FFmpeg must decode, not in the framing it skips).
+        pos, size = spans[num_frames // 2]
+        data[pos + 4:pos + size] = np.random.default_rng(0).integers(0, 256, size - 4, dtype=np.uint8).tobytes()
+    elif kind == "unfinalised_avi":
+        data = _unfinalise_avi(data)
+    else:
+        data = _block_past_cluster(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _unfinalise_avi(data: bytearray) -> bytearray:
+    movi, idx1 = data.find(b"movi"), data.find(b"idx1")
+    avih, strh = data.find(b"avih"), data.find(b"strh")
+    out = data[: movi + int((idx1 - movi) * 0.6)]
+    # The placeholders FFmpeg's AVI muxer writes first and fills in when it finishes: RIFF size, movi LIST size,
+    # avih total frames, strh length.
+    for offset in (4, movi - 4, avih + 8 + 16, strh + 8 + 32):
+        out[offset:offset + 4] = bytes(4)
+    return out
+
+
+def _ebml_vint(data: bytes, i: int, *, keep_marker: bool) -> tuple[int, int]:
+    """(value, length) of the EBML variable-size integer at i (an element id keeps its length marker)."""
+    length = 1
+    while length <= 8 and not data[i] & (0x80 >> (length - 1)):
+        length += 1
+    value = data[i] if keep_marker else data[i] & ((0x80 >> (length - 1)) - 1)
+    for k in range(1, length):
+        value = (value << 8) | data[i + k]
+    return value, length
+
+
+def _ebml_children(data: bytes, start: int, end: int):
+    """(id, size field offset, size field length, payload offset, payload size) of the elements in [start, end)."""
+    i = start
+    while i < end:
+        eid, id_len = _ebml_vint(data, i, keep_marker=True)
+        size, size_len = _ebml_vint(data, i + id_len, keep_marker=False)
+        yield eid, i + id_len, size_len, i + id_len + size_len, size
+        i += id_len + size_len + size
+
+
+def _block_past_cluster(data: bytearray) -> bytearray:
+    segment = next(e for e in _ebml_children(data, 0, len(data)) if e[0] == 0x18538067)
+    clusters = [e for e in _ebml_children(data, segment[3], min(len(data), segment[3] + segment[4]))
+                if e[0] == 0x1F43B675]
+    assert len(clusters) >= 2, "need a cluster after the damaged one"
+    first = clusters[0]
+    blocks = [e for e in _ebml_children(data, first[3], first[3] + first[4]) if e[0] == 0xA3]  # SimpleBlock
+    # A block in the middle whose size field is wide enough to point past the cluster's end.
+    _, size_at, size_len, payload, _ = next(b for b in blocks[len(blocks) // 2:-1] if b[2] >= 2)
+    size = first[3] + first[4] - payload + 100
+    data[size_at:size_at + size_len] = (size | (1 << (7 * size_len))).to_bytes(size_len, "big")
+    return data
+
+
+def write_jpeg_as_mp4(path: str | Path) -> Path:
+    """A JPEG photo saved under a video name (a single still is not a video)."""
+    return write_jpeg(path, marked_frames(1, 64, 48)[0])
+
+
+def clean_head(damaged: np.ndarray, intact: np.ndarray) -> int:
+    """How many leading frames of `damaged` are byte-identical to the intact file's: the frames before the damage,
+    found independently of any probe."""
+    n = 0
+    while n < min(len(damaged), len(intact)) and np.array_equal(damaged[n], intact[n]):
+        n += 1
+    return n

@@ -17,28 +17,38 @@ What goes wrong with decord 0.6.0 on real-world video, and what this module does
   (one pixel wider) and resized back. `probe` rejects videos whose short side is below `min_side` as too_small.
 - A missing file, a directory, an empty file or a text file all raise the same vague error: the path is checked
   first and `DecodeError` carries a stable reason code (missing, unreadable, is_directory, empty_file, not_a_video,
-  no_video_stream, too_small, truncated, decode_error, timeout, crashed) and the path.
+  no_video_stream, too_small, truncated, corrupt, decode_error, timeout, crashed) and the path.
 - Display rotation (phone video: landscape frames + a 90/270 degree display matrix): decord applies it, so sizes
   are the display's everywhere (`probe`, the manifest, the output size asked of decord); the PyAV backend applies
   the same matrix (issue 13).
 - Codecs decord 0.6's bundled FFmpeg cannot decode (AV1: "cannot find video stream with wanted index: -1") and
   files it cannot open: the PyAV backend (pipeline.data.encode.iter_frames) decodes them behind the same
-  interface (`backend=`); `probe(decoder="auto")` chooses it only where decord fails and reports the choice
-  (`VideoInfo.backend`, the manifest's `backend` column), so training decodes each file the way the probe did.
+  interface (`backend=`); `probe(decoder="auto")` chooses it where decord fails, and on files with a short side of
+  TRIAL_MIN_SIDE or more unless a timed trial clip shows decord faster, and reports the choice (`VideoInfo.backend`,
+  the manifest's `backend` column), so training decodes each file the way the probe chose.
+- Damaged files (a download cut after its front-loaded index, bytes overwritten mid-stream, an AVI whose writer
+  crashed, a Matroska block that runs past its cluster) open and decode partly: FFmpeg conceals or skips the
+  damage and decord and PyAV count frames that are garbage or absent. `probe` first decodes the stream once with
+  FFmpeg (pipeline.data.encode.scan_stream: every error the decoder or demuxer reports, packets missing against
+  the index) and rejects the file as corrupt / truncated, or with `accept_partial` keeps only the frames before
+  the damage. A still image renamed to a video name is not_a_video.
 - Multi-stream files: decord decodes FFmpeg's "best" video stream; `probe` reports that stream's facts.
 - `get_batch` can hang forever in native code (dmlc/decord#269, #373, #375) or crash the process, and memory
-  grows over many readers: callers decode through pipeline.data.isolation (a killable, recycled child process).
+  grows over many readers: callers decode through pipeline.data.isolation (a killable, recycled child process,
+  whose native log lines go to a file, not the console).
 Paths may be URIs (s3://, gs://, file://, ...): the bytes are read through pyarrow.fs and decord gets a file-like
 object (decord copies it into memory; fine for clips, which are a few MB).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import logging
 import os
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -48,7 +58,7 @@ from pipeline import storage
 # Import order matters: decord loads its bundled FFmpeg/libvpx with RTLD_GLOBAL, after which PyAV's libavcodec
 # binds to decord's older libvpx and cannot open the VP9 encoder ("avcodec_open2 returned 22"). Loading PyAV
 # first (through encode, the one PyAV module) keeps both working in one process.
-from pipeline.data.encode import frames_at, iter_frames, packet_index, stream_info
+from pipeline.data.encode import frames_at, indexed_frames_at, iter_frames, scan_stream, stream_info
 
 import decord  # noqa: E402
 
@@ -60,8 +70,14 @@ decord.logging.set_level(decord.logging.QUIET)
 
 REASONS = frozenset({
     "missing", "unreadable", "is_directory", "empty_file", "not_a_video", "no_video_stream", "too_small", "truncated",
-    "decode_error", "timeout", "crashed",
+    "decode_error", "timeout", "crashed", "corrupt",
 })
+# Damage `probe` finds in a file that otherwise opens: "corrupt" (packets or container structure the decoder or
+# demuxer rejects, frames it conceals) and "truncated" (the stream ends before its index says, an unfinalised
+# container). Such a file is rejected unless the caller accepts its clean head (`accept_partial`).
+DAMAGE_REASONS = ("corrupt", "truncated")
+# FFmpeg demuxers that read single images: a JPEG or PNG renamed .mp4 opens as a one-frame "video".
+_IMAGE_DEMUXERS = ("image2", "jpeg_pipe", "png_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif_pipe", "jpegxl_pipe")
 # Videos whose short side is below this are rejected by `probe` (a 112-224 px crop from them is mostly blur).
 MIN_SIDE = 32
 # Output widths for which decord 0.6.0 returns frames with a wrong channel count or raises a buffer-size mismatch
@@ -77,6 +93,16 @@ BACKENDS = ("auto", "decord", "pyav")
 # Codecs decord 0.6's bundled FFmpeg has no decoder for (measured: it fails to find the stream), by FFmpeg name.
 DECORD_UNSUPPORTED_CODECS = {"av1": "AV1 is not supported by decord 0.6's FFmpeg"}
 _HEAD_BYTES = 4096
+# `probe(decoder="auto")` times a clip of TRIAL_FRAMES frames at short side TRIAL_SHORT_SIDE (the training default)
+# with each backend on files whose short side is at least TRIAL_MIN_SIDE, and keeps decord only where it takes less
+# than TRIAL_MARGIN times PyAV's CPU time and decodes the same frames (mean absolute difference per frame below
+# TRIAL_MAX_DIFF: two FFmpeg builds' scalers differ by a few levels). PyAV wins ties: it was the faster backend on
+# every video `eco bench decode` measured (docs/benchmarks.md section 8), and one cold clip's timing is noisy.
+TRIAL_FRAMES = 8
+TRIAL_SHORT_SIDE = 256
+TRIAL_MIN_SIDE = 128
+TRIAL_MARGIN = 0.9
+TRIAL_MAX_DIFF = 12.0
 
 
 class DecodeError(RuntimeError):
@@ -109,6 +135,11 @@ class VideoInfo:
     backend: str = "decord"
     # Display rotation (counter-clockwise degrees); width and height are already the display's.
     rotation: int = 0
+    # "" for a whole file; "corrupt" or "truncated" for a damaged one accepted with `accept_partial`, whose
+    # num_frames then counts only the frames that decode cleanly before the damage.
+    damaged: str = ""
+    # CPU milliseconds of auto's trial clip per backend ({} when not measured); not part of a probe's identity.
+    trial_ms: dict = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -310,44 +341,168 @@ def _check_backend(backend: str) -> None:
 
 
 def probe(path: str, *, num_threads: int = 1, min_side: int = MIN_SIDE, exact: bool = True,
-          decoder: str = "auto") -> VideoInfo:
+          decoder: str = "auto", accept_partial: bool = False) -> VideoInfo:
     """Facts about a video for the manifest; `num_frames` counts frames that actually decode.
 
-    `exact` decodes the whole stream once at 64x64 to count decodable frames (cheap next to training); with
-    exact=False the count is decord's index minus the undecodable head of a mid-GOP cut (no decoding).
-    `decoder`: "decord", "pyav", or "auto" (decord; PyAV for codecs decord lacks and files decord cannot decode).
-    The result's `backend` names the one used. Width and height are the display's (rotation applied).
+    `exact` decodes the whole stream once with FFmpeg (PyAV, no pixel conversion) to find damage and count the
+    presentable frames, and once with decord at 64x64 where decord is to decode it; with exact=False the count is
+    decord's index minus the undecodable head of a mid-GOP cut (no decoding, no damage check).
+    A damaged file (see DAMAGE_REASONS) raises DecodeError "corrupt" or "truncated"; with `accept_partial` it is
+    accepted with num_frames = the frames that decode cleanly before the damage and `damaged` set to the reason.
+    The verdict comes from the same FFmpeg scan whatever the backend, so decord and PyAV agree on it.
+    `decoder`: "decord", "pyav", or "auto" (on files with a short side of TRIAL_MIN_SIDE or more: PyAV unless a
+    trial clip shows decord faster by TRIAL_MARGIN with the same frames, the timings in `trial_ms`; on smaller
+    files decord; PyAV for codecs decord lacks, files decord cannot decode and damaged files accepted partially).
+    The result's `backend` names the one chosen.
+    Width and height are the display's (rotation applied).
     Raises DecodeError with a reason code.
     """
     _check_backend(decoder)
     path = str(path)
     source, head = _read_source(path)
     info = _stream_info(path, source, head)
+    if info["format"] in _IMAGE_DEMUXERS:
+        raise DecodeError(path, "not_a_video", f"a still image ({info['format']} demuxer), not a video")
     width, height = info["width"], info["height"]
     if min(width, height) < min_side:
         raise DecodeError(path, "too_small", f"{width}x{height} frames; need a short side >= {min_side} px")
-    if decoder == "pyav":
-        return _probe_pyav(path, source, info, exact=exact, num_threads=num_threads)
+    scan = _scan(path, source, head, num_threads=num_threads, accept_partial=accept_partial) if exact else None
+    trial = None
+    if decoder == "auto" and scan is not None and not scan["damage"] and _worth_a_trial(info, scan["frames"]):
+        trial = _trial(path, source, head, info, scan["frames"], num_threads=num_threads)
+    if trial and trial[0] == "pyav":
+        # PyAV's count is the scan's: decord's counting pass is not needed for a file PyAV will decode.
+        result = _probe_pyav(path, source, info, exact=exact, num_threads=num_threads, scan=scan)
+    else:
+        result = _probe_backend(path, source, head, info, scan, decoder=decoder, exact=exact,
+                                num_threads=num_threads)
+    if trial:
+        result = dataclasses.replace(result, trial_ms=trial[1])
+    if scan is not None and scan["damage"]:
+        if result.num_frames > scan["clean_frames"]:
+            result = dataclasses.replace(result, num_frames=scan["clean_frames"],
+                                         duration=scan["clean_frames"] / result.fps if result.fps > 0 else 0.0)
+        result = dataclasses.replace(result, damaged=scan["damage"])
+    return result
+
+
+def _worth_a_trial(info: dict[str, Any], num_frames: int) -> bool:
+    """Whether `auto` times both backends on this file (header facts `info`): where a clip costs more than opening
+    the file (a few ms), so that the measurement says something about training; smaller files keep decord (a
+    choice that does not depend on the machine's load). Not for codecs decord lacks or several video streams
+    (decord may decode another stream than the one described)."""
+    return (min(info["width"], info["height"]) >= TRIAL_MIN_SIDE and num_frames >= 2 * TRIAL_FRAMES
+            and len(info["video_streams"]) == 1 and info["codec"] not in DECORD_UNSUPPORTED_CODECS)
+
+
+def _trial(path: str, source, head: bytes, info: dict[str, Any], num_frames: int, *, num_threads: int
+           ) -> tuple[str, dict[str, float]] | None:
+    """(the backend that decodes a trial clip (TRIAL_FRAMES TSN frames at short side TRIAL_SHORT_SIDE) in less
+    CPU time among those that decode it right, CPU ms per backend); PyAV (the reference numbering) where decord's
+    frames differ. None where a backend fails (probe then goes its usual way).
+
+    Each backend decodes the clip once, cold (a new reader, PyAV's packet index not cached): in training a decode
+    process meets a file about once per epoch, so every clip pays that; the scan before has the file in the page
+    cache for both."""
+    n = num_frames
+    idx = ((np.arange(TRIAL_FRAMES) + 0.5) * n / TRIAL_FRAMES).astype(np.int64)
+    width, height = info["width"], info["height"]
+    side = TRIAL_SHORT_SIDE if min(width, height) > TRIAL_SHORT_SIDE else None
+    kwargs = dict(short_side=side, num_threads=num_threads, num_frames=n, size=(width, height))
+    cpu_s, frames = {}, {}
+    try:
+        for backend, decode in (("decord", _decode_decord), ("pyav", _decode_pyav)):
+            _PACKET_INDEX.pop((path, (width, height)), None)
+            start = time.process_time()  # on the bytes probe already read (a URI is not fetched again)
+            frames[backend] = decode(path, source, head, idx, **kwargs)
+            cpu_s[backend] = time.process_time() - start
+    except DecodeError as e:
+        log.info("%s: the %s trial failed (%s)", path, backend, e.detail)
+        return None
+    agree = _same_frames(frames["decord"], frames["pyav"])
+    faster = "decord" if cpu_s["decord"] < TRIAL_MARGIN * cpu_s["pyav"] else "pyav"
+    choice = faster if agree else "pyav"
+    log.debug("%s: trial clip decord %.1f ms, pyav %.1f ms CPU%s: %s", path, 1e3 * cpu_s["decord"],
+              1e3 * cpu_s["pyav"], "" if agree else " (decord's frames differ from FFmpeg's)", choice)
+    return choice, {k: round(1e3 * v, 2) for k, v in cpu_s.items()}
+
+
+def _same_frames(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two backends' decodes of the same frames: equal up to their scalers' and FFmpeg builds' rounding (mean
+    absolute difference below TRIAL_MAX_DIFF on every frame)."""
+    if a.shape != b.shape:
+        return False
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).mean(axis=(1, 2, 3))
+    return bool((diff < TRIAL_MAX_DIFF).all())
+
+
+def _scan(path: str, source, head: bytes, *, num_threads: int, accept_partial: bool) -> dict[str, Any]:
+    """encode.scan_stream plus the container checks it cannot make; raises the damage unless `accept_partial`."""
+    try:
+        scan = scan_stream(_av_input(source), num_threads=num_threads)
+    except ValueError as e:
+        raise DecodeError(path, "decode_error", f"FFmpeg cannot read the stream: {short_error(e)}") from e
+    container = _container_damage(head, len(source) if isinstance(source, bytes) else os.path.getsize(source))
+    if container:
+        scan = {**scan, "damage": "truncated", "detail": container}
+    if not scan["damage"]:
+        return scan
+    clean = scan["clean_frames"]
+    if not accept_partial:
+        raise DecodeError(path, scan["damage"], f"{scan['detail']} ({clean} frames decode cleanly before it; "
+                                                f"eco prepare --accept-partial keeps them)")
+    if clean < 1:
+        raise DecodeError(path, scan["damage"], f"{scan['detail']}; no frame decodes cleanly before it")
+    log.info("%s: %s (%s); keeping the %d frames before it", path, scan["damage"], scan["detail"], clean)
+    return scan
+
+
+def _container_damage(head: bytes, size: int) -> str:
+    """Why the container's own header shows it unfinished ("" if it does not): an AVI whose writer stopped before
+    finalising it keeps the RIFF size placeholder (0), and a cut one declares more bytes than the file holds."""
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI " and len(head) >= 8:
+        riff_size = int.from_bytes(head[4:8], "little")
+        if riff_size == 0:
+            return "an unfinalised AVI: the RIFF size is 0 (its writer stopped before writing the index)"
+        if riff_size + 8 > size:
+            return f"the AVI declares {riff_size + 8} bytes, the file has {size}"
+    return ""
+
+
+def _probe_backend(path: str, source, head: bytes, info: dict[str, Any], scan: dict[str, Any] | None, *,
+                   decoder: str, exact: bool, num_threads: int) -> VideoInfo:
+    """probe's count and facts from the backend `decoder` asks for (auto: decord, PyAV where decord fails)."""
+    # A damaged file is counted only up to its clean head: the backend must decode that much, not the damage.
+    limit = scan["clean_frames"] if scan and scan["damage"] else None
+    if decoder == "pyav" or (limit and decoder == "auto"):
+        # PyAV for the clean head of a damaged file under auto: decord's threaded decoder reads packets ahead of
+        # the frame it returns, so its random access into the head meets the damage and fails.
+        return _probe_pyav(path, source, info, exact=exact, num_threads=num_threads, scan=scan)
     unsupported = DECORD_UNSUPPORTED_CODECS.get(info["codec"])
     if unsupported:
         if decoder == "decord":
             raise DecodeError(path, "decode_error", f"{unsupported} (data.decoder is 'decord'; auto or pyav "
                                                     f"decode it with PyAV)")
-        return _probe_pyav(path, source, info, exact=exact, num_threads=num_threads)
+        return _probe_pyav(path, source, info, exact=exact, num_threads=num_threads, scan=scan)
     try:
-        return _probe_decord(path, source, head, info, exact=exact, num_threads=num_threads)
+        result = _probe_decord(path, source, head, info, exact=exact, num_threads=num_threads, limit=limit)
+        if limit:  # decord asked for explicitly: its random access into the clean head must work too
+            clean = min(limit, result.num_frames)
+            _decode_decord(path, source, head, np.array([0, clean // 2, clean - 1]), short_side=None,
+                           num_threads=num_threads, num_frames=clean, size=(result.width, result.height))
+        return result
     except DecodeError as e:
         if decoder == "decord" or e.reason != "decode_error":
             raise
         log.info("%s: decord cannot decode it (%s); trying the PyAV backend", path, e.detail)
         try:
-            return _probe_pyav(path, source, info, exact=exact, num_threads=num_threads)
+            return _probe_pyav(path, source, info, exact=exact, num_threads=num_threads, scan=scan)
         except DecodeError as e2:
             raise DecodeError(path, e2.reason, f"{e2.detail}; decord: {e.detail}") from e2
 
 
-def _probe_decord(path: str, source, head: bytes, info: dict[str, Any], *, exact: bool, num_threads: int
-                  ) -> VideoInfo:
+def _probe_decord(path: str, source, head: bytes, info: dict[str, Any], *, exact: bool, num_threads: int,
+                  limit: int | None = None) -> VideoInfo:
     width, height = info["width"], info["height"]
     if len(info["video_streams"]) > 1:
         # decord decodes the stream its own FFmpeg calls "best", which need not be the one PyAV's FFmpeg picked:
@@ -374,7 +529,8 @@ def _probe_decord(path: str, source, head: bytes, info: dict[str, Any], *, exact
             return _reader(source, num_threads=num_threads, width=count_w, height=count_h)
 
         try:
-            num_frames, yielded = _count_presentable(_iter_sequential(make_reader, mid_gop))
+            frames = _iter_sequential(make_reader, mid_gop)
+            num_frames, yielded = _count_presentable(itertools.islice(frames, limit) if limit else frames)
         except Exception as e:  # DECORDError mid-stream: a damaged file
             raise DecodeError(path, "decode_error", f"decoding failed: {short_error(e)}") from e
         if yielded > num_frames:
@@ -406,9 +562,12 @@ def _av_input(source: str | bytes):
     return io.BytesIO(source) if isinstance(source, bytes) else source
 
 
-def _probe_pyav(path: str, source, info: dict[str, Any], *, exact: bool, num_threads: int) -> VideoInfo:
+def _probe_pyav(path: str, source, info: dict[str, Any], *, exact: bool, num_threads: int,
+                scan: dict[str, Any] | None = None) -> VideoInfo:
     reported = int(info["frames"])
-    if exact or reported < 1:
+    if scan is not None:
+        num_frames = scan["frames"]  # the damage scan decoded every presentable frame with FFmpeg already
+    elif exact or reported < 1:
         try:
             # Every presentable frame, converted at 64x64 (counting costs the codec, not the conversion).
             num_frames = sum(1 for _ in iter_frames(_av_input(source), size=_COUNT_SIZE, num_threads=num_threads))
@@ -455,18 +614,23 @@ def decode_frames(
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1 (0 breaks VP9 WebM, dmlc/decord#246), got {num_threads}")
     source, head = _read_source(path)
+    if num_frames:
+        idx = np.clip(idx, 0, max(int(num_frames) - 1, 0))
+    # Each frame once and in file order: a clip never seeks backwards nor decodes a frame twice (the order and
+    # repeats a sampler asks for, e.g. a short video's repeated indices, are restored from the unique frames).
+    wanted, order = np.unique(idx, return_inverse=True)
+    kwargs = dict(short_side=short_side, num_threads=num_threads, num_frames=num_frames, size=size)
     if backend == "pyav":
-        return _decode_pyav(path, source, head, idx, short_side=short_side, num_threads=num_threads,
-                            num_frames=num_frames, size=size)
-    try:
-        return _decode_decord(path, source, head, idx, short_side=short_side, num_threads=num_threads,
-                              num_frames=num_frames, size=size)
-    except DecodeError as e:
-        if backend == "decord" or e.reason != "decode_error":
-            raise
-        log.debug("%s: decord failed (%s); decoding with PyAV", path, e.detail)
-        return _decode_pyav(path, source, head, idx, short_side=short_side, num_threads=num_threads,
-                            num_frames=num_frames, size=size)
+        frames = _decode_pyav(path, source, head, wanted, **kwargs)
+    else:
+        try:
+            frames = _decode_decord(path, source, head, wanted, **kwargs)
+        except DecodeError as e:
+            if backend == "decord" or e.reason != "decode_error":
+                raise
+            log.debug("%s: decord failed (%s); decoding with PyAV", path, e.detail)
+            frames = _decode_pyav(path, source, head, wanted, **kwargs)
+    return frames if np.array_equal(wanted, idx) else frames[order.reshape(-1)]
 
 
 def _decode_pyav(path: str, source, head: bytes, idx: np.ndarray, *, short_side: int | None, num_threads: int,
@@ -531,29 +695,34 @@ def _decode_pyav_random_access(path: str, source, idx: np.ndarray, *, num_frames
                                num_threads: int) -> np.ndarray | None:
     """Frames at `idx` by seeking (see _decode_pyav), or None where the packets do not stand for the frames."""
     key = (path, None if stream_size is None else tuple(int(v) for v in stream_size))
-    if key not in _PACKET_INDEX:
-        try:
-            index = packet_index(_av_input(source), stream_size=stream_size)
-        except ValueError:
-            index = None
-        if len(_PACKET_INDEX) >= _PACKET_INDEX_MAX:
-            _PACKET_INDEX.pop(next(iter(_PACKET_INDEX)))
-        _PACKET_INDEX[key] = index
-    index = _PACKET_INDEX[key]
-    if index is None or len(index[0]) != num_frames or not index[1]:
-        return None
-    pts, keys = index
-    wanted = [pts[int(i)] for i in idx]
+    positions = sorted(set(int(i) for i in idx))
     try:
-        got = frames_at(_av_input(source), wanted, keys, stream_size=stream_size, size=out_size,
-                        num_threads=num_threads)
+        if key in _PACKET_INDEX:
+            index = _PACKET_INDEX[key]
+            if index is None or len(index[0]) != num_frames or not index[1]:
+                return None
+            pts = index[0]
+            got = frames_at(_av_input(source), [pts[i] for i in positions], index[1], stream_size=stream_size,
+                            size=out_size, num_threads=num_threads)
+            found = {i: got[pts[i]] for i in positions if pts[i] in got}
+        else:  # the file's first clip in this process: index and frames through one opening
+            try:
+                index, found = indexed_frames_at(_av_input(source), positions, num_frames=num_frames,
+                                                 stream_size=stream_size, size=out_size, num_threads=num_threads)
+            except ValueError:
+                index, found = None, None
+            if len(_PACKET_INDEX) >= _PACKET_INDEX_MAX:
+                _PACKET_INDEX.pop(next(iter(_PACKET_INDEX)))
+            _PACKET_INDEX[key] = index
+            if found is None:
+                return None
     except (ValueError, RuntimeError) as e:
         log.debug("%s: PyAV random access failed (%s); reading sequentially", path, short_error(e))
         return None
-    if len(got) != len(set(wanted)):
-        log.debug("%s: PyAV random access missed %d frames; reading sequentially", path, len(set(wanted)) - len(got))
+    if len(found) != len(positions):
+        log.debug("%s: PyAV random access missed %d frames; reading sequentially", path, len(positions) - len(found))
         return None
-    return np.stack([got[p] for p in wanted])
+    return np.stack([found[int(i)] for i in idx])
 
 
 # Files whose random access returned byte-identical frames at distinct indices and whose sequential decode then

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import av
+from av.video.reformatter import VideoReformatter
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ def write_video(
     preset: str = "veryfast",
     bframes: int | None = None,
     rotation: int = 0,
+    faststart: bool = False,
 ) -> Path:
     """Write uint8 RGB frames (F, H, W, 3) to `path` (the container follows the extension: .mp4, .avi, .webm, .mkv).
 
@@ -61,6 +64,7 @@ def write_video(
     `bframes`=0 disables B-frames (x264), which makes decode order equal presentation order.
     4:2:0 encoders need even frame sizes. `rotation` (0, 90, 180, 270; counter-clockwise, as FFmpeg reads it back)
     writes a display matrix, as phones do for portrait video: the frames are stored as given and shown rotated.
+    `faststart` (MP4) moves the index (moov) before the media data, as files made for streaming have it.
     """
     path = Path(path)
     if isinstance(frames, np.ndarray):
@@ -104,7 +108,7 @@ def write_video(
         options["preset"] = "12"
     rate = Fraction(fps).limit_denominator(1001)
     try:
-        with av.open(str(path), mode="w") as container:
+        with av.open(str(path), mode="w", options={"movflags": "faststart"} if faststart else None) as container:
             stream = container.add_stream(codec, rate=rate, options=options)
             stream.width, stream.height = width, height
             stream.pix_fmt = CODECS[codec]
@@ -153,6 +157,20 @@ def write_audio_only(path: str | Path, *, seconds: float = 1.0, sample_rate: int
     return path
 
 
+def write_jpeg(path: str | Path, frame: np.ndarray) -> Path:
+    """Write one uint8 RGB (H, W, 3) frame as a JPEG image (whatever the path's extension says)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w", format="image2pipe") as container:
+        stream = container.add_stream("mjpeg", rate=1)
+        stream.height, stream.width = frame.shape[:2]
+        stream.pix_fmt = "yuvj420p"
+        image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(format="yuvj420p")
+        for packet in [*stream.encode(image), *stream.encode(None)]:
+            container.mux(packet)
+    return path
+
+
 def cut_stream_copy(src: str | Path, dst: str | Path, start_packet: int) -> Path:
     """Remux the video packets of `src` from packet index `start_packet` (in decode order) on, without re-encoding.
 
@@ -197,6 +215,16 @@ def count_keyframes(path: str | Path) -> tuple[int, list[bool]]:
                 continue
             flags.append(bool(packet.is_keyframe))
     return len(flags), flags
+
+
+def packet_spans(path: str | Path) -> list[tuple[int, int]]:
+    """(byte offset in the file, size) of every video packet in decode order: lets tests damage one packet."""
+    spans = []
+    with av.open(str(path)) as container:
+        for packet in container.demux(container.streams.video[0]):
+            if packet.size:
+                spans.append((int(packet.pos), int(packet.size)))
+    return spans
 
 
 def decode_all_pyav(path: str | Path) -> np.ndarray:
@@ -273,7 +301,8 @@ def stream_info(source) -> dict | None:
 
     Returns {"codec", "width", "height" (as displayed: swapped for a 90/270 degree display rotation), "coded_width",
     "coded_height", "rotation", "fps", "frames" (the container's claim, 0 when unknown), "index" (the stream's index
-    among the video streams), "video_streams" (codec and coded size of every video stream)}, or
+    among the video streams), "format" (FFmpeg's demuxer name), "video_streams" (codec and coded size of every
+    video stream)}, or
     None when the container holds no video stream (an audio-only file). Raises `ValueError` when FFmpeg cannot open
     the container. decode.probe uses it for what decord does not expose (codec name, stream presence, rotation).
     """
@@ -292,6 +321,8 @@ def stream_info(source) -> dict | None:
                 "fps": float(rate) if rate else 0.0,
                 "frames": int(stream.frames or 0),
                 "index": list(container.streams.video).index(stream),
+                # The demuxer FFmpeg chose ("mov,mp4,m4a,3gp,3g2,mj2", "jpeg_pipe", ...): tells a still image apart.
+                "format": str(container.format.name),
                 "video_streams": [{"codec": getattr(s.codec_context.codec, "canonical_name", None) or "unknown",
                                    "coded_width": int(s.codec_context.width),
                                    "coded_height": int(s.codec_context.height)} for s in container.streams.video],
@@ -328,6 +359,7 @@ def iter_frames(source, *, stream_index: int | None = None, stream_size: tuple[i
             raise ValueError("the container holds no video stream")
         stream = streams[stream_index] if stream_index is not None else _pick_stream(container, stream_size)
         stream.codec_context.thread_count = int(num_threads)
+        reformatter = VideoReformatter()
         for packet in container.demux(stream):
             try:
                 frames = packet.decode()
@@ -336,7 +368,102 @@ def iter_frames(source, *, stream_index: int | None = None, stream_size: tuple[i
             except av.FFmpegError as e:
                 raise RuntimeError(f"FFmpeg failed decoding a packet: {e}") from e
             for frame in frames:
-                yield _display_array(frame, size)
+                yield _display_array(frame, size, reformatter)
+
+
+# FFmpeg's log level for errors (AV_LOG_ERROR): what a demuxer logs when the container's structure is broken (a
+# Matroska element that runs past its parent) before it ends the stream as if the file ended there.
+_AV_LOG_ERROR = 16
+
+
+def scan_stream(source, *, stream_size: tuple[int, int] | None = None, num_threads: int = 1) -> dict:
+    """Decode every packet of the stream `iter_frames` decodes (no pixel conversion) and report damage.
+
+    Returns {"frames" (presentable frames), "clean_frames" (frames output before the first damage), "packets",
+    "declared_frames" (the container's claim, 0 when unknown), "damage" (None, "corrupt" or "truncated"),
+    "detail"}. Damage is what FFmpeg itself signals: a packet the decoder rejects or a frame it conceals (flagged
+    corrupt) after the first decoded frame (before it, the missing references of a mid-GOP cut are expected), a
+    packet the demuxer marks corrupt (cut short), an error the demuxer logs (a broken element: it skips to the
+    next one it can read, or ends the stream there), or fewer packets than the container's index declares (the
+    file ends before its index says: truncated). Raises `ValueError` when the container cannot be opened.
+    """
+    frames = packets = 0
+    damage: tuple[str, int, str] | None = None  # (reason, clean frames, detail): the first damage met
+
+    def damaged(reason: str, detail: str) -> None:
+        nonlocal damage
+        if damage is None:
+            damage = (reason, frames, detail)
+
+    previous_level, previous_skip = av.logging.get_level(), av.logging.get_skip_repeated()
+    av.logging.set_level(av.logging.ERROR)  # delivered to the capture below, not printed
+    # PyAV holds back a message equal to the previous one (the same damage in the next file would go unseen).
+    av.logging.set_skip_repeated(False)
+    try:
+        with av.logging.Capture() as logs:
+            try:
+                container = av.open(source, mode="r")
+            except av.FFmpegError as e:
+                raise ValueError(f"FFmpeg cannot open the container: {e}") from e
+            with container:
+                stream = _pick_stream(container, stream_size)
+                stream.codec_context.thread_count = int(num_threads)
+                declared = int(stream.frames or 0)
+                demuxer = str(container.format.name)
+                seen_logs = 0
+                # Byte offset of a broken element the demuxer reported: packets from there on come after it.
+                broken_at: tuple[int, str] | None = None
+
+                def demuxer_errors() -> None:
+                    nonlocal seen_logs, broken_at
+                    for level, name, message in logs[seen_logs:]:
+                        if level <= _AV_LOG_ERROR and name == demuxer:
+                            found = _OFFSET.search(message)
+                            if found and broken_at is None:
+                                broken_at = (int(found.group(1), 0), message.strip())
+                            elif not found:
+                                damaged("corrupt", f"the {demuxer} demuxer: {message.strip()}")
+                    seen_logs = len(logs)
+
+                demuxer_errors()  # what the demuxer met while reading ahead to open the file
+                try:
+                    for packet in container.demux(stream):
+                        if packet.size:
+                            packets += 1
+                            if broken_at and packet.pos is not None and packet.pos + packet.size > broken_at[0]:
+                                damaged("corrupt", f"the {demuxer} demuxer: {broken_at[1]}")
+                            if packet.is_corrupt:
+                                damaged("corrupt", f"the demuxer marks packet {packets} corrupt (cut short)")
+                        try:
+                            decoded = packet.decode()
+                        except av.FFmpegError as e:
+                            if frames:
+                                damaged("corrupt", f"packet {packets} does not decode: {e}")
+                            decoded = []
+                        for frame in decoded:
+                            if frame.is_corrupt:
+                                damaged("corrupt", f"frame {frames} is concealed or corrupt (decode errors)")
+                            frames += 1
+                        demuxer_errors()
+                except av.FFmpegError as e:
+                    damaged("corrupt", f"demuxing stopped after packet {packets}: {e}")
+                demuxer_errors()
+                if broken_at:
+                    damaged("corrupt", f"the {demuxer} demuxer: {broken_at[1]}")
+    finally:
+        av.logging.set_level(previous_level)
+        av.logging.set_skip_repeated(previous_skip)
+    if declared and packets < declared:
+        # A stream that ends before its index: the damage is the missing tail, whatever the cut packet showed.
+        clean = damage[1] if damage else frames
+        damage = ("truncated", clean, f"{packets} of the {declared} packets its index declares are in the file")
+    return {"frames": frames, "clean_frames": damage[1] if damage else frames, "packets": packets,
+            "declared_frames": declared, "damage": damage[0] if damage else None,
+            "detail": damage[2] if damage else ""}
+
+
+# The byte offset a demuxer's error names ("Element at 0xb1f ending at ... exceeds containing master element").
+_OFFSET = re.compile(r"\bat (0x[0-9a-fA-F]+|\d+)\b")
 
 
 def _pick_stream(container, stream_size: tuple[int, int] | None):
@@ -351,25 +478,31 @@ def _pick_stream(container, stream_size: tuple[int, int] | None):
     return stream
 
 
+def _open_input(source):
+    try:
+        return av.open(source, mode="r")
+    except av.FFmpegError as e:
+        raise ValueError(f"FFmpeg cannot open the container: {e}") from e
+
+
 def packet_index(source, *, stream_size: tuple[int, int] | None = None) -> tuple[list[int], list[int]] | None:
     """(pts of every packet in presentation order, pts of the keyframes) of the stream `iter_frames` decodes, read
     from the packets alone (no decoding); None when packets cannot stand for frames: a packet without pts, or a
     first packet (decode order) that is not a keyframe (a mid-GOP cut, whose head does not decode)."""
-    try:
-        container = av.open(source, mode="r")
-    except av.FFmpegError as e:
-        raise ValueError(f"FFmpeg cannot open the container: {e}") from e
+    with _open_input(source) as container:
+        return _packet_index(container, _pick_stream(container, stream_size))
+
+
+def _packet_index(container, stream) -> tuple[list[int], list[int]] | None:
     pts, keys = [], []
-    with container:
-        stream = _pick_stream(container, stream_size)
-        for packet in container.demux(stream):
-            if packet.size == 0:  # the demuxer's flush packet
-                continue
-            if packet.pts is None or (not pts and not packet.is_keyframe):
-                return None
-            pts.append(int(packet.pts))
-            if packet.is_keyframe:
-                keys.append(int(packet.pts))
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the demuxer's flush packet
+            continue
+        if packet.pts is None or (not pts and not packet.is_keyframe):
+            return None
+        pts.append(int(packet.pts))
+        if packet.is_keyframe:
+            keys.append(int(packet.pts))
     return sorted(pts), sorted(keys)
 
 
@@ -379,44 +512,71 @@ def frames_at(source, wanted_pts: list[int], keyframe_pts: list[int], *, stream_
     `iter_frames`), by seeking to the keyframe before each one (`keyframe_pts` from `packet_index`) and decoding
     forward; consecutive targets in the same GOP share one pass. Frames are identified by their pts, never by
     counting, so a frame that is not found is missing from the result rather than replaced by another."""
+    with _open_input(source) as container:
+        stream = _pick_stream(container, stream_size)
+        return _frames_at(container, stream, wanted_pts, keyframe_pts, size=size, num_threads=num_threads)
+
+
+def indexed_frames_at(source, positions: list[int], *, num_frames: int, stream_size: tuple[int, int] | None = None,
+                      size: tuple[int, int] | None = None, num_threads: int = 1
+                      ) -> tuple[tuple[list[int], list[int]] | None, dict[int, np.ndarray] | None]:
+    """`packet_index` and `frames_at` through one opening of the file (opening costs FFmpeg's stream probing):
+    (the index, {position: frame} of the frames at these positions of the presentation order), the frames None
+    where the packets do not stand 1:1 for `num_frames` frames (see packet_index)."""
+    with _open_input(source) as container:
+        stream = _pick_stream(container, stream_size)
+        index = _packet_index(container, stream)
+        if index is None or len(index[0]) != num_frames or not index[1]:
+            return index, None
+        pts, keys = index
+        got = _frames_at(container, stream, [pts[int(i)] for i in positions], keys, size=size,
+                         num_threads=num_threads)
+        return index, {int(i): got[pts[int(i)]] for i in positions if pts[int(i)] in got}
+
+
+def _frames_at(container, stream, wanted_pts: list[int], keyframe_pts: list[int], *, size: tuple[int, int] | None,
+               num_threads: int) -> dict[int, np.ndarray]:
     targets = sorted(set(int(p) for p in wanted_pts))
     got: dict[int, np.ndarray] = {}
-    try:
-        container = av.open(source, mode="r")
-    except av.FFmpegError as e:
-        raise ValueError(f"FFmpeg cannot open the container: {e}") from e
-    with container:
-        stream = _pick_stream(container, stream_size)
-        stream.codec_context.thread_count = int(num_threads)
-        frames, last = None, None
-        for target in targets:
-            if target in got:
+    stream.codec_context.thread_count = int(num_threads)
+    frames, last = None, None
+    for target in targets:
+        if target in got:
+            continue
+        k = bisect.bisect_right(keyframe_pts, target) - 1
+        key = keyframe_pts[max(k, 0)]
+        # Decoding on from where the last pass stopped costs less than a seek when no keyframe lies between.
+        if frames is None or last is None or not key <= last < target:
+            try:
+                container.seek(key, stream=stream, backward=True, any_frame=False)
+            except av.FFmpegError as e:
+                raise RuntimeError(f"FFmpeg cannot seek to pts {key}: {e}") from e
+            frames = _decoded(container, stream, set(targets))
+        for frame in frames:
+            if frame.pts is None:
                 continue
-            k = bisect.bisect_right(keyframe_pts, target) - 1
-            key = keyframe_pts[max(k, 0)]
-            # Decoding on from where the last pass stopped costs less than a seek when no keyframe lies between.
-            if frames is None or last is None or not key <= last < target:
-                try:
-                    container.seek(key, stream=stream, backward=True, any_frame=False)
-                except av.FFmpegError as e:
-                    raise RuntimeError(f"FFmpeg cannot seek to pts {key}: {e}") from e
-                frames = _decoded(container, stream)
-            for frame in frames:
-                if frame.pts is None:
-                    continue
-                last = int(frame.pts)
-                if last in targets and last not in got:
-                    got[last] = frame
-                if last >= target:
-                    break
-            else:
-                frames = None  # the stream ended: the next target needs a seek
-    return {p: _display_array(f, size) for p, f in got.items()}
+            last = int(frame.pts)
+            if last in targets and last not in got:
+                got[last] = frame
+            if last >= target:
+                break
+        else:
+            frames = None  # the stream ended: the next target needs a seek
+    # One scaler for the clip: PyAV's frame.reformat builds a new swscale context for every frame.
+    reformatter = VideoReformatter()
+    return {p: _display_array(f, size, reformatter) for p, f in got.items()}
 
 
-def _decoded(container, stream):
-    """The decoded frames of `stream` from the container's position, skipping packets FFmpeg rejects."""
+def _decoded(container, stream, wanted: set[int] | None = None):
+    """The decoded frames of `stream` from the container's position, skipping packets FFmpeg rejects.
+
+    With `wanted` (pts), a packet of another frame is decoded only if other frames may reference it: FFmpeg skips
+    non-reference frames (skip_frame NONREF, decided per packet), e.g. most B-frames of x264's default GOP, which
+    no target needs. Those skipped frames are never output, so callers match frames by pts, never by count."""
+    context = stream.codec_context
     for packet in container.demux(stream):
+        if wanted is not None:
+            context.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in wanted else "NONREF"
         try:
             yield from packet.decode()
         except av.InvalidDataError:
@@ -425,17 +585,20 @@ def _decoded(container, stream):
             raise RuntimeError(f"FFmpeg failed decoding a packet: {e}") from e
 
 
-def _display_array(frame, size: tuple[int, int] | None) -> np.ndarray:
+def _display_array(frame, size: tuple[int, int] | None, reformatter: VideoReformatter | None = None) -> np.ndarray:
     """One decoded frame -> uint8 RGB (H, W, 3) in display orientation, scaled to `size` (display width, height)."""
     turns = int(round(frame.rotation / 90.0)) % 4  # counter-clockwise quarter turns (np.rot90's convention)
+    # A reformatter kept across frames keeps its swscale context: frame.to_ndarray(format=...) and frame.reformat
+    # build a new one per frame, which costs more than converting a 256 px frame.
+    scaler = reformatter or VideoReformatter()
     if size is None:
-        array = frame.to_ndarray(format="rgb24")
+        array = scaler.reformat(frame, format="rgb24").to_ndarray()
     else:
         width, height = int(size[0]), int(size[1])
         if turns % 2:  # scale in the coded orientation: the display's width is the coded height
             width, height = height, width
         # Bilinear: cheap, and the transforms resize and crop again downstream.
-        array = frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
+        array = scaler.reformat(frame, width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
     if turns:
         array = np.ascontiguousarray(np.rot90(array, k=turns))
     return array

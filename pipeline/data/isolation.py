@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import multiprocessing.spawn
 import os
+import tempfile
 import threading
 import time
 from typing import Callable
@@ -43,9 +44,30 @@ def _name_process(name: str) -> None:
         pass
 
 
-def _serve(conn) -> None:
+def native_log_path(parent_pid: int | None = None) -> str:
+    """The file the decode children of process `parent_pid` (default: this one) write their native logs to."""
+    return os.path.join(tempfile.gettempdir(), f"eco-decode-{os.getuid()}", f"{parent_pid or os.getpid()}.log")
+
+
+def _redirect_stderr(path: str) -> None:
+    """Point this process's fd 2 at `path` (appending): decord's C++ LOG lines (e.g. "video_reader.cc:312: Failed
+    to seek file to position: 0") and FFmpeg's messages are written to fd 2 by native code, which no Python
+    setting reaches; in a Ray worker fd 2 is forwarded to the driver's console."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as e:
+        log.warning("cannot open %s for the decoder's native log (%s); it stays on stderr", path, e)
+        return
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _serve(conn, native_log: str | None = None) -> None:
     """Child process loop: receive (fn, args, kwargs), send ("ok", result) or ("error", DecodeError)."""
     _name_process(CHILD_PROCESS_NAME)
+    if native_log:
+        _redirect_stderr(native_log)
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -122,6 +144,8 @@ class IsolatedDecoder:
     child transparently. The child is replaced every `max_clips_per_process` calls to bound decord's memory growth.
     `decode_fn` / `probe_fn` replace decode_frames / probe in the child (module-level functions, pickled by
     reference: tests inject hanging or crashing ones, see tests/faults.py).
+    The child's stderr (fd 2: decord's and FFmpeg's native log lines) goes to `native_log` (default:
+    native_log_path(), one file per parent process), never to the console.
     The child is started with `start_method` ("spawn" or "forkserver"): forking a process that runs Ray or torch
     threads is unsafe. One call at a time (calls are serialised by a lock). With `idle_timeout_s`, a child that
     has had no call for that long is stopped (by a timer thread) and the next call starts a new one: a process
@@ -138,6 +162,7 @@ class IsolatedDecoder:
         start_method: str = "spawn",
         start_timeout_s: float = 120.0,
         idle_timeout_s: float | None = None,
+        native_log: str | None = "",
     ) -> None:
         if timeout_s <= 0 or max_clips_per_process < 1:
             raise ValueError(f"need timeout_s > 0 and max_clips_per_process >= 1, got {timeout_s}, "
@@ -151,6 +176,8 @@ class IsolatedDecoder:
         self.decode_fn = decode_fn or decode_frames
         self.probe_fn = probe_fn or probe
         self.start_timeout_s = float(start_timeout_s)
+        # "" (default): native_log_path(); None: the child keeps this process's stderr.
+        self.native_log = native_log_path() if native_log == "" else native_log
         self.idle_timeout_s = None if idle_timeout_s is None else float(idle_timeout_s)
         # One watcher thread per decoder while a child runs (not a timer per call: calls are per clip).
         self._idle_watcher: threading.Thread | None = None
@@ -255,7 +282,8 @@ class IsolatedDecoder:
 
     def _start(self) -> None:
         parent, child = self._context.Pipe(duplex=True)
-        process = self._context.Process(target=_serve, args=(child,), name="eco-decode", daemon=True)
+        process = self._context.Process(target=_serve, args=(child, self.native_log), name="eco-decode",
+                                        daemon=True)
         with _START_LOCK, _without_parent_main():
             _ensure_cwd()
             process.start()

@@ -21,9 +21,11 @@ Sources without a split get a stratified train/val split: per class, `round(n * 
 one when the class has two or more, never all of them) go to "val", chosen by a generator seeded from
 (seed, class name), so the split is reproducible and does not change when other classes are added.
 
-Rejection reasons: missing (also a dangling symbolic link), unreadable (permission denied, I/O error), is_directory, empty_file, not_a_video, no_video_stream, too_small, truncated,
-decode_error, timeout, crashed (from the probe, see pipeline.data.decode), unknown_label (a label that is not in
-the label map) and duplicate (the same video listed twice).
+Rejection reasons: missing (also a dangling symbolic link), unreadable (permission denied, I/O error),
+is_directory, empty_file, not_a_video (also a still image), no_video_stream, too_small, truncated, corrupt (damage
+met while decoding; with accept_partial such files are accepted for their clean head, see `prepare`), decode_error,
+timeout, crashed (from the probe, see pipeline.data.decode), unknown_label (a label that is not in the label map)
+and duplicate (the same video listed twice).
 
 This module owns the manifest format (schema, file names, `ManifestError`), `prepare` and the readers. The sources
 (folder, Kinetics, UCF101, table -> candidate videos) are in pipeline.data.sources, the Ray probe job in
@@ -71,10 +73,14 @@ MANIFEST_SCHEMA = pa.schema([
     ("size_bytes", pa.int64()),
     # The decode backend the probe chose ("decord" or "pyav", pipeline.data.decode): training decodes with it.
     ("backend", pa.string()),
+    # "" for a whole file; "corrupt" / "truncated" for a damaged file accepted with accept_partial, whose
+    # num_frames counts only the frames that decode cleanly before the damage.
+    ("damaged", pa.string()),
 ])
 # Columns a manifest may lack (written before they existed), with the value they read as: "auto" decodes with
-# decord and falls back to PyAV where decord cannot open the file.
-OPTIONAL_COLUMNS = {"backend": "auto"}
+# decord and falls back to PyAV where decord cannot open the file; a manifest from before the damage check
+# claims nothing about damage ("").
+OPTIONAL_COLUMNS = {"backend": "auto", "damaged": ""}
 
 QUARANTINE_SCHEMA = pa.schema([("path", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 
@@ -158,6 +164,8 @@ class PrepareSummary:
     candidates: int = 0
     # Accepted videos per decode backend ({"decord": n, "pyav": m}).
     backends: dict[str, int] = field(default_factory=dict)
+    # Damaged videos accepted for their clean head (accept_partial), by damage ({"truncated": n, ...}).
+    damaged: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -171,6 +179,9 @@ class PrepareSummary:
         lines.append("  splits     " + ("  ".join(f"{k}: {v}" for k, v in sorted(self.splits.items())) or "-"))
         if total_rejected:
             lines.append("  rejected   " + "  ".join(f"{k}: {v}" for k, v in sorted(self.rejected.items())))
+        if self.damaged:
+            lines.append("  damaged    " + "  ".join(f"{k}: {v}" for k, v in sorted(self.damaged.items()))
+                         + " (accepted: only the frames before the damage)")
         if self.normalized:
             n = self.normalized
             lines.append(f"  normalized {n['videos']} videos (short side {n['short_side'] or 'kept'}, gop "
@@ -204,7 +215,7 @@ def stratified_split(video_ids_by_class: dict[str, list[str]], val_fraction: flo
 def prepare(source: Any, out_dir: str | os.PathLike, *, val_fraction: float = 0.1, seed: int = 0,
             probe_timeout_s: float = 120.0, normalize_short_side: int | None = None,
             normalize_gop: int | None = None, probe_workers: int | None = None,
-            probe_fn: Callable | None = None, decoder: str = "auto") -> PrepareSummary:
+            probe_fn: Callable | None = None, decoder: str = "auto", accept_partial: bool = False) -> PrepareSummary:
     """List, probe (on Ray) and write the manifest, label map, quarantine and summary of `source` to `out_dir`.
 
     `source` is a pipeline.data.sources FolderSource, KineticsSource, UCF101Source or TableSource (anything with
@@ -217,6 +228,8 @@ def prepare(source: Any, out_dir: str | os.PathLike, *, val_fraction: float = 0.
     manifest then points at (and describes) those files, and the summary records the size ratio.
     `decoder`: the probe's decode backend, "auto" (decord, PyAV for files decord cannot decode), "decord" or
     "pyav" (pipeline.data.decode); the manifest's `backend` column records the one each video was probed with.
+    `accept_partial`: a damaged video (reason corrupt or truncated) is accepted with num_frames = the frames that
+    decode cleanly before the damage and its `damaged` column set, instead of quarantined; the summary counts them.
     """
     normalize = None
     if normalize_short_side is not None or normalize_gop is not None:
@@ -259,7 +272,8 @@ def prepare(source: Any, out_dir: str | os.PathLike, *, val_fraction: float = 0.
     log.info("probing %d videos from %s", len(candidates), _source_name(source))
     items = [{"path": c.path, "size_bytes": -1 if c.size_bytes is None else c.size_bytes,
               "out_path": normalized_path(out_dir, c.video_id) if normalize else ""} for c in candidates]
-    probes = {r["path"]: r for r in probe_all(items, probe_timeout_s, probe_workers, probe_fn, normalize, decoder)}
+    probes = {r["path"]: r for r in probe_all(items, probe_timeout_s, probe_workers, probe_fn, normalize, decoder,
+                                                accept_partial)}
     accepted: list[tuple[Any, dict[str, Any]]] = []  # (sources.Candidate, probe result)
     for c in candidates:
         r = probes[c.path]
@@ -280,7 +294,7 @@ def prepare(source: Any, out_dir: str | os.PathLike, *, val_fraction: float = 0.
              "label": index[c.label_name], "label_name": c.label_name,
              "split": c.split or assigned[c.video_id], "num_frames": r["num_frames"], "fps": r["fps"],
              "width": r["width"], "height": r["height"], "duration": r["duration"], "codec": r["codec"],
-             "size_bytes": r["size_bytes"], "backend": r["backend"]} for c, r in accepted]
+             "size_bytes": r["size_bytes"], "backend": r["backend"], "damaged": r["damaged"]} for c, r in accepted]
     rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["label"], r["video_id"]))
     manifest = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     rejected.sort(key=lambda r: r["path"])
@@ -305,7 +319,8 @@ def prepare(source: Any, out_dir: str | os.PathLike, *, val_fraction: float = 0.
         splits=dict(sorted(Counter(r["split"] for r in rows).items())), num_classes=len(label_names), files=files,
         seconds=round(time.monotonic() - started, 2), normalized=normalized,
         candidates=len(listing.candidates) + len(listing.rejected),
-        backends=dict(sorted(Counter(r["backend"] for r in rows).items())))
+        backends=dict(sorted(Counter(r["backend"] for r in rows).items())),
+        damaged=dict(sorted(Counter(r["damaged"] for r in rows if r["damaged"]).items())))
     _write_bytes(files["summary"], json.dumps(summary.to_dict(), indent=2).encode())
     log.info("%s", summary.describe())
     return summary

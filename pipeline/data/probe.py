@@ -28,10 +28,12 @@ class _Prober:
     `normalize` re-encodes each accepted video into its "out_path" (in a second killable child) and probes that."""
 
     def __init__(self, timeout_s: float, probe_fn=None, normalize: dict[str, Any] | None = None,
-                 decoder: str = "auto"):
+                 decoder: str = "auto", accept_partial: bool = False):
         from pipeline.data.isolation import IsolatedDecoder
 
         self._backend = decoder
+        # Passed only when set: injected probe functions (tests) need not know the option.
+        self._probe_kwargs = {"decoder": decoder, **({"accept_partial": True} if accept_partial else {})}
         kwargs = {"probe_fn": probe_fn} if probe_fn is not None else {}
         self._decoder = IsolatedDecoder(timeout_s=timeout_s, max_clips_per_process=500, **kwargs)
         self._normalize = normalize
@@ -43,10 +45,10 @@ class _Prober:
                                             decode_fn=_normalize_in_child)
 
     def _probe(self, path: str, row: dict[str, Any]) -> None:
-        info = self._decoder.probe(path, decoder=self._backend)
+        info = self._decoder.probe(path, **self._probe_kwargs)
         row.update(num_frames=int(info.num_frames), fps=float(info.fps), width=int(info.width),
                    height=int(info.height), duration=float(info.duration), codec=str(info.codec or ""),
-                   backend=str(getattr(info, "backend", "") or "decord"))
+                   backend=str(getattr(info, "backend", "") or "decord"), damaged=str(getattr(info, "damaged", "")))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pipeline.data.decode import DecodeError
@@ -55,6 +57,7 @@ class _Prober:
         for path, size, out_path in zip(batch["path"], batch["size_bytes"], batch["out_path"]):
             path = str(path)
             row = {"num_frames": 0, "fps": 0.0, "width": 0, "height": 0, "duration": 0.0, "codec": "", "backend": "",
+                   "damaged": "",
                    "size_bytes": int(size), "source_bytes": int(size), "reason": "", "detail": ""}
             try:
                 self._probe(path, row)
@@ -109,7 +112,8 @@ def _file_size(path: str) -> int:
 
 
 def probe_all(items: list[dict[str, Any]], timeout_s: float, workers: int | None, probe_fn=None,
-              normalize: dict[str, Any] | None = None, decoder: str = "auto") -> list[dict[str, Any]]:
+              normalize: dict[str, Any] | None = None, decoder: str = "auto",
+              accept_partial: bool = False) -> list[dict[str, Any]]:
     """Probe every item ({"path", "size_bytes" (-1: unknown), "out_path" (the re-encoded file, with
     `normalize`)}) on Ray; one result dict per item, in no particular order (match them by "path")."""
     import ray
@@ -124,7 +128,7 @@ def probe_all(items: list[dict[str, Any]], timeout_s: float, workers: int | None
     ds = ray.data.from_items(items, override_num_blocks=math.ceil(n / rows_per_block)).map_batches(
         _Prober,
         fn_constructor_kwargs={"timeout_s": timeout_s, "probe_fn": probe_fn, "normalize": normalize,
-                               "decoder": decoder},
+                               "decoder": decoder, "accept_partial": accept_partial},
         batch_size=rows_per_block,
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=1,
