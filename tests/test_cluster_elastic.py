@@ -32,7 +32,7 @@ import yaml
 
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.optim import Schedule, lr_at
-from tests.wandb_offline import find_offline_runs, read_offline_run
+from pipeline.training.tracking import find_offline_runs, read_offline_run
 from cluster_helpers import EXCLUDES, RAY, ROOT, LocalCluster, free_ports, node_ports
 from train_helpers import TINY_TRAIN, tiny_config, tiny_dataset, registered_checkpoints
 

@@ -28,7 +28,7 @@ import yaml
 from pipeline.data.manifest import read_manifest
 from pipeline.inference.batch import read_predictions
 from pipeline.training.checkpoint import load_checkpoint
-from tests.wandb_offline import find_offline_runs, read_offline_run
+from pipeline.training.tracking import find_offline_runs, read_offline_run
 from cluster_helpers import EXCLUDES, RAY, ROOT, LocalCluster, node_ports
 from train_helpers import TINY_VAL, tiny_config, tiny_dataset
 

@@ -15,8 +15,7 @@ import pytest
 
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.run import train
-from pipeline.training.tracking import run_id, sync_command, wandb_dir
-from tests.wandb_offline import find_offline_runs, read_offline_run
+from pipeline.training.tracking import find_offline_runs, read_offline_run, run_id, sync_command, wandb_dir
 from train_helpers import tiny_config, tiny_dataset, registered_checkpoints
 
 pytestmark = pytest.mark.slow

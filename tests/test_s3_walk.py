@@ -19,8 +19,7 @@ import pytest
 from pipeline import storage
 from pipeline.data import manifest as m
 from pipeline.data import sources
-from pipeline.training.tracking import sync_command
-from tests.wandb_offline import read_offline_run
+from pipeline.training.tracking import read_offline_run, sync_command
 from train_helpers import TINY_TRAIN, TINY_VAL, tiny_config, tiny_dataset
 
 pytestmark = pytest.mark.slow

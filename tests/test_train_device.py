@@ -27,8 +27,7 @@ from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.engine import rank_seed
 from pipeline.training.evaluate import evaluate
 from pipeline.training.run import train
-from pipeline.training.tracking import wandb_dir
-from tests.wandb_offline import find_offline_runs, read_offline_run
+from pipeline.training.tracking import find_offline_runs, read_offline_run, wandb_dir
 from tests.residency import resident_batch  # by package path: Ray workers import it to unpickle the hook
 from train_helpers import TINY_VAL, tiny_config, tiny_dataset
 

@@ -209,12 +209,12 @@ class _Preemptor(threading.Thread):
 
 
 def _preemption_checkpoints(run_dir: Path) -> list[tuple[int, float]]:
-    """(step, unix time) of the checkpoints written on a preemption notice, from the rows rank 0 logged (recorded
-    beside each W&B offline run; a group torn down with its node may have lost its last row: then none is found)."""
-    from pipeline.training.tracking import find_offline_runs, read_rows
+    """(step, unix time) of the checkpoints written on a preemption notice, from the run's W&B offline records
+    (a group torn down with its node may not have flushed its last records: then none is found)."""
+    from pipeline.training.tracking import find_offline_runs, read_offline_run
 
     return [(int(row["train/step"]), float(row["_timestamp"])) for path in find_offline_runs(run_dir)
-            for row in read_rows(path) if row.get("elastic/preemption_checkpoint")]
+            for row in read_offline_run(path).history if row.get("elastic/preemption_checkpoint")]
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ def _config(manifest: str, out: Path, *, segments: int, size: int, batch: int, e
         "scaling.local_num_cpus": 3,
         "checkpoint.storage_path": str(out / "runs"), "checkpoint.run_name": f"bench-{int(time.time())}",
         # W&B offline with a per-step log: the steady-state rate (without each epoch's pipeline start-up) is read
-        # back from the train/clips_per_s_rank0 rows rank 0 records beside the run (tracking.read_rows).
+        # back from the run's train/clips_per_s_rank0 history.
         "checkpoint.max_failures": 0, "wandb.enabled": True, "wandb.mode": "offline",
         "wandb.dir": str(out / "wandb"), "wandb.log_sample_clips": 0,
         "optim.lr": 0.01, "optim.warmup_epochs": 0.0,
@@ -123,13 +123,13 @@ def _worker_threads(checkpoint: str | None) -> int:
 
 def _steady_clips_per_s(wandb_run: str | None, *, steps_per_epoch: int, batch: int) -> float:
     """Clips/s of the last epoch's steps except its first (which waits for the epoch's first decoded batch),
-    from the per-step `train/clips_per_s_rank0` (wall time of each step, data wait included) the run logged (the
-    rows rank 0 records beside its W&B run)."""
-    from pipeline.training.tracking import read_rows
+    from the per-step `train/clips_per_s_rank0` (wall time of each step, data wait included) in the W&B run."""
+    from pipeline.training.tracking import read_offline_run
 
     if not wandb_run:
         return float("nan")
-    rates = {int(r["train/step"]): float(r["train/clips_per_s_rank0"]) for r in read_rows(wandb_run)
+    run = read_offline_run(wandb_run)
+    rates = {int(r["train/step"]): float(r["train/clips_per_s_rank0"]) for r in run.history
              if "train/step" in r and "train/clips_per_s_rank0" in r}
     last = max(rates, default=0)
     first_of_last_epoch = last - steps_per_epoch + 1

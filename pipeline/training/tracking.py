@@ -6,15 +6,15 @@ storage directory when it is local (else under `wandb.dir`, default `outputs/wan
 directory), so `wandb sync <dirs>` uploads them later. The API key is read by wandb itself from the environment
 (WANDB_API_KEY) in online mode; this module never reads, prints or stores it.
 
-One W&B run holds every attempt of a training run: the run id is a function of (storage, run name), and each
-attempt (a worker-group restart after a failure, or a resubmission) writes its own `offline-run-*` folder for that
-id. Every folder is recorded in `<storage>/<run>/wandb_runs.json` (local or on object storage, so the driver finds
-them wherever rank 0 ran), and the run's summary prints one `wandb sync` command naming all of them.
+One W&B run holds every attempt of a training run (issue 11, item 4): the run id is a function of (storage, run
+name), and each attempt (a worker-group restart after a failure, or a resubmission) writes its own
+`offline-run-*` folder for that id. Every folder is recorded in `<storage>/<run>/wandb_runs.json` (local or on
+object storage, so the driver finds them wherever rank 0 ran), and the run's summary prints one `wandb sync`
+command naming all of them. An attempt that resumes from a checkpoint does not log again what an earlier attempt
+of the same run already logged (steps and epochs up to the earlier folders' last ones), so every epoch appears
+once; and an attempt with nothing left to train (a finished run resubmitted) creates no folder at all.
 
-What the run has logged is the project's own record, `<storage>/<run>/wandb_logged.json` (the last optimiser step
-and the last complete epoch logged, and the run id), which rank 0 rewrites as it logs. An attempt that resumes
-from a checkpoint does not log again what an earlier attempt logged, so every step and epoch appears once; an
-attempt with nothing left to train (a finished run resubmitted) creates no folder at all.
+`read_offline_run` reads an offline run back from its `.wandb` file, for tests and for the demo's summary.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import re
 import socket
-import time
-from dataclasses import asdict, dataclass
+import struct
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,6 @@ from pipeline.config import Config
 log = logging.getLogger(__name__)
 
 RUNS_RECORD = "wandb_runs.json"  # in the Ray run directory: every offline-run folder of every attempt
-LOGGED_RECORD = "wandb_logged.json"  # beside it: what the W&B run has been sent so far
-ROWS_FILE = "eco-rows.jsonl"  # in each offline-run folder: the scalar rows this attempt logged, for benchmarks
 
 
 def wandb_dir(cfg: Config) -> Path:
@@ -83,53 +81,24 @@ def _record_run(cfg: Config, run_dir: Path) -> None:
     storage.write_text(runs_record(cfg), json.dumps({"runs": runs}, indent=2))
 
 
-@dataclass(frozen=True)
-class Logged:
-    """What a W&B run has been sent: the last optimiser step and the last complete epoch (0: none)."""
-
-    run_id: str
-    step: int = 0
-    epoch: int = 0
-
-
-def logged_record(cfg: Config) -> str:
-    """`<storage>/<run>/wandb_logged.json` (a local path or a URI)."""
-    return storage.join(cfg.checkpoint.storage_path, cfg.checkpoint.run_name, LOGGED_RECORD)
-
-
-def read_logged(cfg: Config) -> Logged:
-    """What earlier attempts of this run logged, from the project's record (nothing when there is none)."""
-    rid = run_id(cfg)
-    try:
-        data = json.loads(storage.read_text(logged_record(cfg)))
-    except FileNotFoundError:
-        return Logged(rid)
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise ValueError(f"{logged_record(cfg)}: not a W&B logged record ({e})") from e
-    if data.get("run_id") != rid:
-        return Logged(rid)  # a record of another W&B run (another storage path): nothing of this one
-    return Logged(rid, step=int(data.get("step", 0)), epoch=int(data.get("epoch", 0)))
-
-
-def find_offline_runs(root: str | Path) -> list[Path]:
-    """The `offline-run-*` directories below `root`, oldest first."""
-    return sorted(Path(root).rglob("offline-run-*"), key=lambda p: p.name)
-
-
-def read_rows(run_dir: str | Path) -> list[dict[str, float]]:
-    """The scalar rows an attempt logged (each with its `_timestamp`, unix seconds), from the project's own file
-    in its offline-run folder; [] when it logged none."""
-    path = Path(run_dir) / ROWS_FILE
-    if not path.exists():
-        return []
-    # A line cut short by a killed worker is the last one: the rows before it stand.
-    rows = []
-    for line in path.read_text().splitlines():
+def _already_logged(directory: Path, run_id_: str) -> tuple[int, int]:
+    """(last train/step, last epoch) logged by earlier offline folders of this W&B run id under `directory`."""
+    step = epoch = 0
+    # wandb names the folder offline-run-<time>-<id>; the id inside the log is not enough, as an attempt killed
+    # early may leave a log whose run record was never written.
+    for folder in find_offline_runs(directory):
+        if not folder.name.endswith(f"-{run_id_}"):
+            continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
+            run = read_offline_run(folder)
+        except (FileNotFoundError, ValueError):
+            continue  # a folder without a readable log logged nothing that reaches the dashboard
+        step = max([step, *(int(v) for v in run.values("train/step"))])
+        # An epoch stopped inside (train.max_steps, epoch/epoch_complete 0) is not logged yet: the resumed
+        # attempt's row for the completed epoch must still reach W&B.
+        epoch = max([epoch, *(int(row["epoch"]) for row in run.history
+                              if row.get("epoch/epoch_complete") == 1)])
+    return step, epoch
 
 
 def run_id(cfg: Config) -> str:
@@ -150,8 +119,9 @@ class Tracker:
         self.run = None
         self._cfg, self._extra = cfg, extra_config
         self._active = rank == 0 and cfg.wandb.enabled and cfg.wandb.mode != "disabled"
-        # `_earlier` bounds what this attempt skips; `_logged` grows as it logs and is written to the record.
-        self._earlier = self._logged = read_logged(cfg) if self._active else Logged(run_id(cfg))
+        self._logged_step = self._logged_epoch = 0
+        if self._active and cfg.wandb.mode == "offline":
+            self._logged_step, self._logged_epoch = _already_logged(wandb_dir(cfg), run_id(cfg))
 
     def start(self) -> bool:
         """Start the run now (a fresh run: its run record is on disk before anything can kill the worker, e.g. a
@@ -194,28 +164,11 @@ class Tracker:
 
     def _new(self, metrics: dict[str, Any]) -> bool:
         """False for a row an earlier attempt of this run already logged (a resumed attempt redoing work)."""
-        if "train/step" in metrics and int(metrics["train/step"]) <= self._earlier.step:
+        if "train/step" in metrics and int(metrics["train/step"]) <= self._logged_step:
             return False
-        if "epoch" in metrics and int(metrics["epoch"]) <= self._earlier.epoch:
+        if "epoch" in metrics and int(metrics["epoch"]) <= self._logged_epoch:
             return False
         return True
-
-    def _append_row(self, metrics: dict[str, Any]) -> None:
-        row = {k: float(v) for k, v in metrics.items()
-               if isinstance(v, int | float | np.integer | np.floating) and math.isfinite(float(v))}
-        with open(self.local_dir / ROWS_FILE, "a") as f:
-            f.write(json.dumps({**row, "_timestamp": time.time()}) + "\n")
-
-    def _note(self, metrics: dict[str, Any]) -> None:
-        """Record what was just sent. An epoch stopped inside (train.max_steps, epoch/epoch_complete 0) is not
-        logged yet: the resumed attempt's row for the completed epoch must still reach W&B."""
-        step = max(self._logged.step, int(metrics.get("train/step", 0)))
-        epoch = self._logged.epoch
-        if "epoch" in metrics and metrics.get("epoch/epoch_complete") == 1:
-            epoch = max(epoch, int(metrics["epoch"]))
-        if (step, epoch) != (self._logged.step, self._logged.epoch):
-            self._logged = Logged(self._logged.run_id, step=step, epoch=epoch)
-            storage.write_text(logged_record(self._cfg), json.dumps(asdict(self._logged)))
 
     @property
     def enabled(self) -> bool:
@@ -229,8 +182,6 @@ class Tracker:
     def log(self, metrics: dict[str, Any]) -> None:
         if self._new(metrics) and self._start():
             self.run.log(metrics)
-            self._note(metrics)
-            self._append_row(metrics)
 
     def log_evaluation(self, epoch: int, confusion: np.ndarray, label_names: list[str],
                        clips: np.ndarray | None = None, labels: list[int] | None = None,
@@ -287,3 +238,105 @@ def _caption(i: int, labels, preds, names: list[str]) -> str:
         return f"clip {i}"
     text = f"true: {names[labels[i]]}"
     return text + (f" / pred: {names[preds[i]]}" if preds is not None else "")
+
+
+# --- reading an offline run back ---------------------------------------------------------------------------
+
+# The .wandb file is a LevelDB-style log (the same framing wandb's own former `datastore` module read): a 7-byte
+# header ":W&B" + 0xBEE1 + version, then 32 KiB blocks of chunks, each `crc32 (4) | length (2) | type (1) | data`,
+# where type FULL/FIRST/MIDDLE/LAST reassembles one serialized `wandb.proto.wandb_internal_pb2.Record`.
+_HEADER = b":W&B\xe1\xbe"
+_BLOCK = 32768
+_CHUNK_HEADER = 7
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+@dataclass
+class OfflineRun:
+    """What an offline run recorded: the config, each history row (logged dict), the final summary, files."""
+
+    path: Path
+    run_id: str = ""
+    project: str = ""
+    group: str = ""
+    tags: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    exited: bool = False
+
+    def values(self, key: str) -> list[Any]:
+        """Every logged value of `key`, in logging order."""
+        return [row[key] for row in self.history if key in row]
+
+
+def find_offline_runs(root: str | Path) -> list[Path]:
+    """The `offline-run-*` directories below `root`, oldest first."""
+    return sorted(Path(root).rglob("offline-run-*"), key=lambda p: p.name)
+
+
+def read_offline_run(run_dir: str | Path) -> OfflineRun:
+    """Parse `run-<id>.wandb` in an offline run directory with wandb's protobuf `Record` definitions."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    run_dir = Path(run_dir)
+    files = sorted(run_dir.glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"{run_dir}: no run-*.wandb file (expected an offline-run-* directory)")
+    out = OfflineRun(path=run_dir)
+    for raw in _records(files[0]):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            out.run_id, out.project = record.run.run_id, record.run.project
+            out.group, out.tags = record.run.run_group, list(record.run.tags)
+            out.config.update({u.key: json.loads(u.value_json) for u in record.run.config.update})
+        elif kind == "config":
+            out.config.update({u.key: json.loads(u.value_json) for u in record.config.update})
+        elif kind == "history":
+            out.history.append({_key(i): json.loads(i.value_json) for i in record.history.item})
+        elif kind == "summary":
+            out.summary.update({_key(u): json.loads(u.value_json) for u in record.summary.update})
+        elif kind == "files":
+            out.files.extend(f.path for f in record.files.files)
+        elif kind == "exit":
+            out.exited = True
+    out.config.pop("_wandb", None)
+    return out
+
+
+def _key(item) -> str:
+    return "/".join(item.nested_key) if item.nested_key else item.key
+
+
+def _records(path: Path):
+    data = path.read_bytes()
+    if not data.startswith(_HEADER):
+        raise ValueError(f"{path}: not a W&B transaction log (bad header {data[:7]!r})")
+    pos, pending = len(_HEADER) + 1, b""
+    while pos + _CHUNK_HEADER <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < _CHUNK_HEADER:  # block trailer padding
+            pos += left
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[pos:pos + _CHUNK_HEADER])
+        if kind == 0 and length == 0:  # zero-filled tail of a block
+            pos += left
+            continue
+        chunk = data[pos + _CHUNK_HEADER:pos + _CHUNK_HEADER + length]
+        if len(chunk) < length:
+            break  # a run still being written: its last record is incomplete
+        if zlib.crc32(bytes([kind]) + chunk) != crc:
+            raise ValueError(f"{path}: corrupt record at byte {pos} (checksum mismatch)")
+        pos += _CHUNK_HEADER + length
+        if kind == _FULL:
+            yield chunk
+        elif kind == _FIRST:
+            pending = chunk
+        elif kind == _MIDDLE:
+            pending += chunk
+        elif kind == _LAST:
+            yield pending + chunk
+            pending = b""
