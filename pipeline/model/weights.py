@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from pipeline.model import checkpoint_io
+import pipeline.model.checkpoint_io as checkpoint_io
 from pipeline.model.checkpoint_io import Checkpoint
 from pipeline.model.keys import HEAD as _HEAD
 from pipeline.model.keys import OFFICIAL_PREFIX as _OFFICIAL_PREFIX
