@@ -30,7 +30,7 @@ class ModelConfig:
     dropout: float = 0.3
     # Path or URI of the authors' checkpoint or one of ours; None trains from scratch.
     pretrained: str | None = None
-    # Instead of `pretrained`, start where the authors' Kinetics training started (docs/model.md, issue 14): the 2D
+    # Instead of `pretrained`, start where the authors' Kinetics training started (docs/model.md): the 2D
     # trunk from TSN's BN-Inception file (bninception_rgb_kinetics_init-d4ee618d3399.pth) and the 3D part from a
     # Kinetics 3D ResNet-18 (C3DResNet18_rgb_16F_kinetics_v1.pth.tar); paths or URIs, each optional. The classifier
     # and any part without a file start fresh by the authors' rule.
@@ -82,7 +82,7 @@ class DataConfig:
     decode_threads: int = 1
     # Decode backend: "auto" decodes each video with the backend its probe chose (the manifest's `backend`
     # column: decord where it decodes the file right, PyAV for AV1 and files decord cannot open); "decord" or
-    # "pyav" force one for every file (pipeline.data.decode, issue 13).
+    # "pyav" force one for every file (pipeline.data.decode).
     decoder: Literal["auto", "decord", "pyav"] = "auto"
     # A decode that takes longer is killed and its file quarantined (decord get_batch can hang, #269/#373).
     decode_timeout_s: float = 60.0
@@ -169,7 +169,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ScalingConfig:
-    # A fixed number of training workers, or [min, max] for elastic training (issue 15, docs/cluster.md): Ray
+    # A fixed number of training workers, or [min, max] for elastic training: Ray
     # Train V2 starts with what the cluster can give (at least min), restarts with the workers that remain when
     # one is lost, and grows back toward max when resources return. The global batch is that of `max` workers at
     # every size (train.grad_accum_steps is scaled by max / world), so max x grad_accum_steps must be divisible
@@ -232,7 +232,7 @@ class CheckpointConfig:
     num_to_keep: int = 1
     # Also checkpoint every N optimiser steps inside an epoch (0: only at epoch ends), with the exact data position
     # (the clips every rank has trained on in the epoch), so a restart after a lost node redoes at most N steps
-    # and a resume trains each remaining clip of the epoch once (issue 15). A checkpoint of ECO-Lite is ~0.2 GB:
+    # and a resume trains each remaining clip of the epoch once. A checkpoint of ECO-Lite is ~0.2 GB:
     # pick N so that writing it costs a small share of the time N steps take.
     every_steps: int = 0
     # Every N optimiser steps each worker asks Ray Train whether a node of the group is being preempted

@@ -1,7 +1,7 @@
 """`make demo` / `eco demo`: synthetic temporal task -> 2-worker Ray Train run on CPU -> evaluation.
 
 `run_demo` prints its progress and result: the accuracy, the wall time, where the checkpoint and the W&B offline
-run are, and the `wandb sync` command. Target (issue 4): >= 90 % validation top-1 on 4 classes within 15 minutes
+run are, and the `wandb sync` command. Target: >= 90 % validation top-1 on 4 classes within 15 minutes
 on a 2-core machine. The recipe is jobs/configs/synthetic_demo.yaml.
 """
 

@@ -195,7 +195,7 @@ def run(args) -> int:
         res = measure(Path(tmp), quick=quick)
     print()
     print(format_results(res))
-    # Frame shards (issue 6): the same 16-frame training clip read from JPEG shards vs the naive MP4 path,
+    # Frame shards: the same 16-frame training clip read from JPEG shards vs the naive MP4 path,
     # measured in this run (pipeline/bench/shards.py owns the measurement and its >= 7x target).
     from pipeline.bench.shards import TARGET_RATIO as SHARDS_TARGET
     from pipeline.bench.shards import format_results as format_shards

@@ -1,4 +1,4 @@
-"""`eco bench elastic`: what losing and regaining a node costs an elastic run, against a fixed run (issue 15).
+"""`eco bench elastic`: what losing and regaining a node costs an elastic run, against a fixed run.
 
 On a two-node local Ray cluster that it starts itself (pipeline.bench._cluster: a head node and one worker node,
 one training-worker slot each, decoding pinned to the head), it trains ECO-Lite on the synthetic direction-of-motion

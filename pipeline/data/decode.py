@@ -20,7 +20,7 @@ What goes wrong with decord 0.6.0 on real-world video, and what this module does
   no_video_stream, too_small, truncated, corrupt, decode_error, timeout, crashed) and the path.
 - Display rotation (phone video: landscape frames + a 90/270 degree display matrix): decord applies it, so sizes
   are the display's everywhere (`probe`, the manifest, the output size asked of decord); the PyAV backend applies
-  the same matrix (issue 13).
+  the same matrix.
 - Codecs decord 0.6's bundled FFmpeg cannot decode (AV1: "cannot find video stream with wanted index: -1") and
   files it cannot open: the PyAV backend (pipeline.data.encode.iter_frames) decodes them behind the same
   interface (`backend=`); `probe(decoder="auto")` chooses it where decord fails, and on files with a short side of
@@ -728,7 +728,7 @@ def _decode_pyav_random_access(path: str, source, idx: np.ndarray, *, num_frames
 # Files whose random access returned byte-identical frames at distinct indices and whose sequential decode then
 # agreed (the content really repeats: a black lead-in, a slide, a paused screen), keyed by (path, decoded size).
 # decord's duplicate bug is a property of the file (its GOP structure), so one agreeing check clears the file for
-# this process: later clips of it keep random access instead of a sequential decode each (issue 13).
+# this process: later clips of it keep random access instead of a sequential decode each.
 _STATIC_CONTENT: dict[tuple, None] = {}
 _STATIC_CONTENT_MAX = 4096
 

@@ -2,7 +2,7 @@
 
 Writing videos (the synthetic dataset, the decode benchmark and the tests, which write the real videos they decode),
 header facts (`stream_info`) and the primitives of the PyAV decode backend (`iter_frames`), which
-pipeline.data.decode composes for files decord 0.6 cannot decode (AV1, issue 13).
+pipeline.data.decode composes for files decord 0.6 cannot decode (AV1).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ CODECS: dict[str, str] = {
     "mpeg4": "yuv420p",
     "libvpx-vp9": "yuv420p",
     "libvpx": "yuv420p",
-    "libsvtav1": "yuv420p",  # AV1 (YouTube's current codec), which decord 0.6 cannot decode (issue 13)
+    "libsvtav1": "yuv420p",  # AV1 (YouTube's current codec), which decord 0.6 cannot decode
 }
 
 

@@ -1,6 +1,6 @@
 """`eco prepare` video normalisation: resize to a training short side and optionally re-encode with a short GOP.
 
-Why: a 16-segment TSN clip touches the whole file, so decode cost is about a full decode (issue 6). Two cheap
+Why: a 16-segment TSN clip touches the whole file, so decode cost is about a full decode. Two cheap
 levers without changing the format: decode fewer pixels (Kinetics originals are often 720p or more; training
 uses a 256 short side) and seek less (a GOP of 16 makes each sampled frame cost at most ~16 decoded frames instead
 of up to 250). The size ratio (output bytes / input bytes) is returned so `eco prepare` can record the trade-off.

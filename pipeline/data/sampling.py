@@ -76,7 +76,7 @@ def epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
 
 def exclude_rows(order: np.ndarray, trained: np.ndarray | None) -> np.ndarray:
     """`order` without the rows marked in the boolean mask `trained` (indexed by row, not by position), the
-    others in their order: what a resumed epoch still has to visit (pipeline.training.elastic, issue 15)."""
+    others in their order: what a resumed epoch still has to visit (pipeline.training.elastic)."""
     if trained is None:
         return order
     trained = np.asarray(trained, dtype=bool)

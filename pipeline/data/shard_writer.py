@@ -157,7 +157,7 @@ class _ShardWriter:
 
 def _frames_for_video(row: dict[str, Any], kept: np.ndarray, short_side: int, decoder) -> Iterable[np.ndarray]:
     # Never upscale (like normalisation): a 64x64 source stored at short side 256 is 16x the pixels and ~28x the
-    # MP4's bytes, with no detail added; the training crop resizes to crop_size anyway (issue 11, item 13).
+    # MP4's bytes, with no detail added; the training crop resizes to crop_size anyway.
     source_short = min(int(row["width"]), int(row["height"]))
     if source_short > 0:
         short_side = min(short_side, source_short)
@@ -179,7 +179,7 @@ def _write_chunk(rows: list[dict[str, Any]], out_dir: str, prefix: str, *, fmt: 
     writer = _ShardWriter(fs, base, prefix, fmt, max_shard_bytes)
     out_rows: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
-    # A killable child process: decord can hang or crash in native code on bad files (issue 3); a shard job over
+    # A killable child process: decord can hang or crash in native code on bad files; a shard job over
     # 650k videos must quarantine those, not die.
     decoder = IsolatedDecoder(timeout_s=timeout_s, max_clips_per_process=500)
     try:

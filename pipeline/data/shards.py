@@ -1,7 +1,7 @@
 """Frame shards: a manifest's videos stored as JPEG frames in Arrow IPC (or Parquet) files.
 
 Why: a 16-segment TSN clip spans the whole video, so decoding it from an MP4 costs about a full decode of the file
-(issue 6: 6-9 clips per CPU-second for Kinetics-like H.264, whatever the decoder). Decoding 16 stored JPEGs costs
+(6-9 clips per CPU-second for Kinetics-like H.264, whatever the decoder). Decoding 16 stored JPEGs costs
 16 small independent decodes: an order of magnitude more clips per core, paid for in storage.
 
 Layout (one file per shard, many videos per shard, bounded in bytes):

@@ -40,7 +40,7 @@ def _stride2_max_pool(x: torch.Tensor) -> torch.Tensor:
     Caffe (and the authors' port) pool with no padding. At even feature sizes (every size the authors trained,
     e.g. 28 and 14 at 224 px) that gives the same H/2 as the padded stride-2 convs beside it. At odd sizes it
     would give (H-1)/2 against the convs' (H+1)/2 and the concat would fail; there we pad that dimension by one
-    (max pools pad with -inf), which yields (H+1)/2 and keeps every window inside the image. Issue 2: any input
+    (max pools pad with -inf), which yields (H+1)/2 and keeps every window inside the image. any input
     size from 112 up must work.
     """
     pad = (x.shape[-2] % 2, x.shape[-1] % 2)

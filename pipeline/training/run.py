@@ -70,7 +70,7 @@ class TrainResult:
 class _FailureSummary(UserCallback):
     """One line per worker-group failure, on the Ray Train controller: which ranks failed, why (first line), and the
     checkpoint the restarted group resumes from. Ray prints the workers' full tracebacks above it; this is the line
-    to read (issue 11, "job logs")."""
+    to read."""
 
     def __init__(self, storage_path: str, max_failures: int):
         self.storage_path, self.max_failures = storage_path, max_failures
@@ -210,7 +210,7 @@ def controller_env(cfg: Config):
 
 def _uri(storage_path: str, path: str) -> str:
     """Ray Train reports paths inside its filesystem (`bucket/runs/x` for s3://bucket/runs/x): give them back
-    their scheme, so every printed path is one the commands accept (issue 11, item 10)."""
+    their scheme, so every printed path is one the commands accept."""
     if not storage.is_uri(storage_path) or storage.is_uri(path):
         return path
     scheme = storage_path.split("://", 1)[0]

@@ -6,7 +6,7 @@ storage directory when it is local (else under `wandb.dir`, default `outputs/wan
 directory), so `wandb sync <dirs>` uploads them later. The API key is read by wandb itself from the environment
 (WANDB_API_KEY) in online mode; this module never reads, prints or stores it.
 
-One W&B run holds every attempt of a training run (issue 11, item 4): the run id is a function of (storage, run
+One W&B run holds every attempt of a training run: the run id is a function of (storage, run
 name), and each attempt (a worker-group restart after a failure, or a resubmission) writes its own
 `offline-run-*` folder for that id. Every folder is recorded in `<storage>/<run>/wandb_runs.json` (local or on
 object storage, so the driver finds them wherever rank 0 ran), and the run's summary prints one `wandb sync`
