@@ -47,9 +47,6 @@ class DataRunState:
         """`clips` clips decoded for training (`kind` "train") or evaluation ("eval")."""
         self._decoded[kind] = self._decoded.get(kind, 0) + int(clips)
 
-    def decoded(self) -> dict[str, int]:
-        return dict(self._decoded)
-
     def snapshot(self) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """(every failure so far, clips decoded so far by kind): what an epoch's report reads, in one call."""
         return list(self._failures), dict(self._decoded)
