@@ -13,9 +13,9 @@ from pipeline.data.decode import (
     DecodeError,
     VideoInfo,
     decode_frames,
-    decode_stream_chunk,
     probe,
 )
+from pipeline.data.stream_reader import StreamReader
 from pipeline.data.isolation import CHILD_PROCESS_NAME, SHARED_IDLE_TIMEOUT_S, IsolatedDecoder, shared_decoder
 from pipeline.data.encode import available_codecs as available_encoders
 from pipeline.data.encode import write_video
@@ -319,19 +319,20 @@ def test_stream_chunks_match_random_access(vdir, kind):
         short_side = None if kind == "narrow" else 32
     n = probe(path, min_side=8).num_frames
     want = decode_frames(path, np.arange(n), short_side=short_side, num_frames=n)
-    chunks = [decode_stream_chunk(path, start, 7, short_side=short_side, num_frames=n) for start in range(0, n + 7, 7)]
+    reader = StreamReader()
+    chunks = [reader.read(path, start, 7, short_side=short_side, num_frames=n) for start in range(0, n + 7, 7)]
     assert [len(c) for c in chunks[:-1]] == [min(7, n - s) for s in range(0, n, 7)] and len(chunks[-1]) == 0
     np.testing.assert_array_equal(np.concatenate(chunks), want)
     # Without the probed count the stream runs on to decord's end, which pads with copies of the last frame.
-    tail = decode_stream_chunk(path, n - 1, 64, short_side=short_side)
+    tail = reader.read(path, n - 1, 64, short_side=short_side)
     assert len(tail) >= 1 and all(np.array_equal(f, want[-1]) for f in tail)
     # A request that does not continue the stream reopens it; the same through the killable child.
-    np.testing.assert_array_equal(decode_stream_chunk(path, 3, 4, short_side=short_side), want[3:7])
+    np.testing.assert_array_equal(reader.read(path, 3, 4, short_side=short_side), want[3:7])
     with IsolatedDecoder(timeout_s=60) as decoder:
         np.testing.assert_array_equal(decoder.stream_chunk(path, 5, 6, short_side=short_side), want[5:11])
         np.testing.assert_array_equal(decoder.stream_chunk(path, 11, 6, short_side=short_side), want[11:17])
     with pytest.raises(DecodeError) as e:
-        decode_stream_chunk(vdir / "absent.mp4", 0, 4)
+        reader.read(vdir / "absent.mp4", 0, 4)
     assert e.value.reason == "missing"
 
 
@@ -408,7 +409,7 @@ def test_rotated_video_decodes_upright_with_display_aspect(vdir, rotation, width
         native = decode_frames(path, idx, num_frames=info.num_frames, backend=backend)
         small = decode_frames(path, idx, short_side=short, num_frames=info.num_frames,
                               size=(info.width, info.height), backend=backend)
-        chunk = decode_stream_chunk(path, 0, 8, short_side=short, size=(info.width, info.height), backend=backend)
+        chunk = StreamReader().read(path, 0, 8, short_side=short, size=(info.width, info.height), backend=backend)
         assert native.shape == (3, height, width, 3), backend
         assert small.shape == (3, *scaled, 3) and chunk.shape == (8, *scaled, 3), backend
         for frames in (native, small, chunk[idx]):
@@ -470,7 +471,7 @@ def test_two_stream_file_reports_the_decoded_stream(vdir):
                 continue
             frames = decode_frames(path, [0, 4], num_frames=info.num_frames, size=(info.width, info.height),
                                    backend=backend)
-            chunk = decode_stream_chunk(path, 0, 8, size=(info.width, info.height), backend=backend)
+            chunk = StreamReader().read(path, 0, 8, size=(info.width, info.height), backend=backend)
             assert frames.shape == (2, info.height, info.width, 3), (decoder, backend)
             assert chunk.shape == (8, info.height, info.width, 3), (decoder, backend)
             assert [frame_number(f) for f in frames] == [0, 4]
@@ -485,8 +486,8 @@ def test_static_video_is_accepted_and_checked_once(vdir, monkeypatch):
     # Every frame is the same image: all 48 count (a decord padding check must not cut a still to 1 frame).
     assert info.num_frames == 48 and info.backend == "decord"
     calls = []
-    sequential = decode._decode_sequential
-    monkeypatch.setattr(decode, "_decode_sequential", lambda *a, **k: calls.append(1) or sequential(*a, **k))
+    sequential = decode.DECORD.read_in_order
+    monkeypatch.setattr(decode.DECORD, "read_in_order", lambda *a, **k: calls.append(1) or sequential(*a, **k))
     rng = np.random.default_rng(0)
     for _ in range(5):
         idx = train_indices(info.num_frames, 8, rng)
@@ -574,7 +575,7 @@ def test_pyav_random_access_equals_sequential_reading(vdir, kind):
         assert np.array_equal(seeking, in_order)
         if kind != "rot270":  # reference_frames are the stored (unrotated) frames
             assert frame_ids(seeking, ref).tolist() == idx.tolist()
-    used_index = decode._PACKET_INDEX[(str(path), (info.width, info.height))]
+    used_index = decode.PYAV.packet_index[(str(path), (info.width, info.height))]
     assert (used_index is None) == (kind == "mid_gop_cut")
 
 
@@ -588,9 +589,9 @@ def test_each_frame_is_decoded_once_in_file_order(vdir, monkeypatch, backend):
     path = write_test_video(vdir / f"once_{backend}.mp4", num_frames=24, gop=8)
     ref = reference_frames(path)
     seen = []
-    name = f"_decode_{backend}"
-    inner = getattr(decode, name)
-    monkeypatch.setattr(decode, name, lambda p, s, h, idx, **k: seen.append(idx.tolist()) or inner(p, s, h, idx, **k))
+    chosen = {"decord": decode.DECORD, "pyav": decode.PYAV}[backend]
+    inner = chosen.frames
+    monkeypatch.setattr(chosen, "frames", lambda file, idx, **k: seen.append(idx.tolist()) or inner(file, idx, **k))
     frames = decode_frames(path, [17, 3, 3, 9, 30, 0], num_frames=24, backend=backend)
     assert seen == [[0, 3, 9, 17, 23]]  # 30 is past the end: clamped to the last frame
     assert frame_ids(frames, ref).tolist() == [17, 3, 3, 9, 23, 0]
@@ -608,8 +609,47 @@ def test_auto_times_both_backends_and_keeps_one_that_decodes_right(vdir, monkeyp
     got = decode_frames(path, idx, num_frames=info.num_frames, size=(info.width, info.height), backend=info.backend)
     assert frame_ids(got, reference_frames(path)).tolist() == idx.tolist()
     # Where decord's frames differ from FFmpeg's, PyAV is kept whatever the timings.
-    monkeypatch.setattr(decode, "_same_frames", lambda a, b: False)
+    monkeypatch.setattr(decode, "same_frames", lambda a, b: False)
     assert probe(path).backend == "pyav"
     # Small files are not timed: decord, deterministically.
     small = probe(write_test_video(vdir / "untimed.mp4", num_frames=32))
     assert small.backend == "decord" and small.trial_ms == {}
+
+
+@pytest.mark.parametrize("cpu_s,agree,want", [
+    ({"decord": 1.0, "pyav": 10.0}, {"decord": True}, "decord"),
+    ({"decord": 1.0, "pyav": 10.0}, {"decord": False}, "pyav"),  # faster but other frames: the reference stays
+    ({"decord": 0.95, "pyav": 1.0}, {"decord": True}, "pyav"),  # within TRIAL_MARGIN: a tie, PyAV's
+    ({"decord": 0.85, "pyav": 1.0}, {"decord": True}, "decord"),
+    ({"decord": 2.0, "pyav": 1.0}, {"decord": True}, "pyav"),
+])
+def test_trial_verdict(cpu_s, agree, want):
+    from pipeline.data.decode import TRIAL_MARGIN, choose_backend
+
+    assert TRIAL_MARGIN == 0.9
+    assert choose_backend(cpu_s, agree) == want
+
+
+def test_backends_for_each_choice():
+    from pipeline.data.decode import DECORD, PYAV, backends_for
+
+    assert backends_for("auto") == (DECORD, PYAV)
+    assert backends_for("decord") == (DECORD,) and backends_for("pyav") == (PYAV,)
+    with pytest.raises(ValueError, match="valid: auto, decord, pyav"):
+        backends_for("ffmpeg")
+
+
+def test_file_cache_is_bounded_and_forgets_a_file():
+    from pipeline.data.video_file import FileCache
+
+    cache = FileCache(2)
+    cache.put(("a.mp4", 1), "x")
+    cache.put(("b.mp4", 1))
+    cache.put(("a.mp4", 1), "y")  # an update: nothing evicted
+    assert len(cache) == 2 and cache[("a.mp4", 1)] == "y"
+    cache.put(("c.mp4", 1))  # full: the oldest entry goes
+    assert ("a.mp4", 1) not in cache and ("b.mp4", 1) in cache and ("c.mp4", 1) in cache
+    cache.put(("b.mp4", 2))
+    assert ("b.mp4", 1) not in cache and ("b.mp4", 2) in cache  # b's first entry was the oldest
+    cache.forget("b.mp4")
+    assert ("c.mp4", 1) in cache and len(cache) == 1

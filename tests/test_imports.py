@@ -157,3 +157,23 @@ def test_the_model_package_stands_alone():
     without the pipeline)."""
     packages = package_graph(import_graph())
     assert set(packages["pipeline.model"]) <= {"pipeline.config", "pipeline.labels", "pipeline.storage"}
+
+
+def _third_party_importers(package: str) -> set[str]:
+    """The `pipeline` modules that import `package` (at any level, lazily included)."""
+    found = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(n == package or n.startswith(package + ".") for n in names):
+                found.add(_module_name(path))
+    return found
+
+
+def test_native_decoders_stay_behind_their_modules():
+    """decord behind the decord backend, PyAV behind encode (whose primitives the PyAV backend composes); the
+    benchmark's naive baselines use both on purpose, to measure what the project's defences cost."""
+    assert _third_party_importers("decord") <= {"pipeline.data.decord_backend", "pipeline.bench.baselines"}
+    assert _third_party_importers("av") <= {"pipeline.data.encode", "pipeline.bench.baselines"}
+    assert "pipeline.data.decord_backend" in _third_party_importers("decord")

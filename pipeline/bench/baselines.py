@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# Imported first: it loads PyAV before decord (see pipeline.data.decode for why the order matters).
+# Imported first: it loads PyAV before decord (see pipeline.data.decord_backend for why the order matters).
 from pipeline.data.decode import scaled_size
 from pipeline.data.encode import stream_info
 

@@ -100,8 +100,7 @@ def _paths(path: str, info, torchcodec: bool) -> dict[str, Callable]:
     def project(backend: str) -> Callable:
         def fn(idx):
             # Cold per clip, as in training (see the module docstring).
-            decode._PACKET_INDEX.clear()
-            decode._STATIC_CONTENT.clear()
+            decode.clear_caches()
             return decode.decode_frames(path, idx, short_side=SHORT_SIDE, num_threads=1,
                                         num_frames=info.num_frames, size=size, backend=backend)
         return fn

@@ -10,7 +10,8 @@ decode child"); what this file owns beyond a pool is the spawn start-up without 
 (`_without_parent_main`), a warm child kept between calls, and the idle watcher that stops it between bursts.
 
 The pipe protocol: the child sends ("ready", pid) once started; then per call the parent sends (fn, args, kwargs)
-and the child answers ("ok", result) or ("error", DecodeError); None asks the child to exit.
+and the child answers ("ok", result) or ("error", DecodeError); None asks the child to exit. `StreamReader.read`
+runs on the child's own reader, which keeps online inference's stream open between calls.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.data.decode import DecodeError, VideoInfo, decode_frames, decode_stream_chunk, probe, short_error
+from pipeline.data.decode import DecodeError, VideoInfo, decode_frames, probe, short_error
+from pipeline.data.stream_reader import StreamReader
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ def _serve(conn, native_log: str | None = None) -> None:
     if native_log:
         _redirect_stderr(native_log)
     conn.send(("ready", os.getpid()))
+    stream = StreamReader()  # the child's stream, open from one call to the next
     while True:
         try:
             message = conn.recv()
@@ -78,7 +81,7 @@ def _serve(conn, native_log: str | None = None) -> None:
             return
         fn, args, kwargs = message
         try:
-            reply = ("ok", fn(*args, **kwargs))
+            reply = ("ok", fn(stream, *args, **kwargs) if fn is StreamReader.read else fn(*args, **kwargs))
         except DecodeError as e:
             reply = ("error", e)
         except Exception as e:  # anything else is reported as a decode failure of this file, not a child crash
@@ -200,8 +203,8 @@ class IsolatedDecoder:
         return self._call(path, self.probe_fn, (str(path),), kwargs)
 
     def stream_chunk(self, path: str, start: int, count: int, **kwargs) -> np.ndarray:
-        """decode_stream_chunk(path, start, count, **kwargs) in the child (which keeps the stream open)."""
-        return self._call(path, decode_stream_chunk, (str(path), int(start), int(count)), kwargs)
+        """StreamReader.read(path, start, count, **kwargs) on the child's reader (which keeps the stream open)."""
+        return self._call(path, StreamReader.read, (str(path), int(start), int(count)), kwargs)
 
     @property
     def pid(self) -> int | None:

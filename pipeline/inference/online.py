@@ -162,7 +162,7 @@ def stream_frames(path: str, *, short_side: int, chunk: int = 64,
     """(fps, frame count, iterator over uint8 frames (H, W, 3) in order), decoded sequentially in chunks.
 
     Decoding runs in the killable child of `IsolatedDecoder`, `chunk` consecutive frames per request, so a hang
-    is bounded; the child keeps the stream open between requests (decode.decode_stream_chunk), so every frame is
+    is bounded; the child keeps the stream open between requests (stream_reader.StreamReader), so every frame is
     decoded once. The frame count is the container's (the stream may end a little earlier or later).
     """
     from pipeline.data.isolation import IsolatedDecoder
