@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks; each prints ratios against a baseline measured in the same run")
-    p.add_argument("name", choices=["decode", "shards", "pipeline", "train", "steps", "gpu", "elastic", "serve"])
+    p.add_argument("name", choices=["decode", "shards", "device_decode", "pipeline", "train", "steps", "gpu",
+                                    "elastic", "serve"])
     p.add_argument("--out", default=None, help="write results (JSON, plots) here")
     p.add_argument("--quick", action="store_true", help="smaller inputs, for a smoke run")
     p.set_defaults(func=cmd_bench)
