@@ -319,11 +319,17 @@ def measure_device_decode(device_name: str, s: CheckSettings, model) -> dict[str
 
     if cuda:
         step_rate(device)  # warm-up: cuDNN's algorithm search and the allocator's first pass are not a steady state
-    device_steps, host_steps = step_rate(device), step_rate("cpu")
+    # Alternating rounds, best of each, on a GPU: neither path gains from running second (clocks, caches).
+    rounds = [(step_rate(device), step_rate("cpu")) for _ in range(2 if cuda else 1)]
+    device_steps, host_steps = max(r[0] for r in rounds), max(r[1] for r in rounds)
     figures = {"decoded+augmented clips/s": float(f"{decode_rate:.3g}"), "mean |device - host|": round(diff, 3),
                "step clips/s, device decode": float(f"{device_steps:.3g}"),
-               "step clips/s, host decode": float(f"{host_steps:.3g}"),
-               "device / host": round(device_steps / max(host_steps, 1e-9), 2)}
+               "step clips/s, host decode": float(f"{host_steps:.3g}")}
+    if cuda:
+        figures["device / host"] = round(device_steps / max(host_steps, 1e-9), 2)
+    else:
+        # Both paths are the same CPU work on a CPU device: the figures exercise the code, their ratio is noise.
+        figures["note"] = "cpu device: both paths decode on the CPU, no GPU figure"
     # 0 on a CPU device (the same decoder and resize); on CUDA nvJPEG and the float resize round differently.
     if diff > 2.0:
         raise RuntimeError(f"device-decoded clips differ from host-decoded ones by {diff:.2f} grey levels on average")

@@ -74,4 +74,4 @@ def test_device_decode_check_on_cpu():
     assert figures["mean |device - host|"] == 0.0
     assert figures["decoded+augmented clips/s"] > 0
     assert figures["step clips/s, device decode"] > 0 and figures["step clips/s, host decode"] > 0
-    assert figures["device / host"] > 0
+    assert "device / host" not in figures and "no GPU figure" in figures["note"]  # a ratio only on a GPU
