@@ -138,3 +138,25 @@ def test_device_mode_needs_shards():
         Config().replace({"data.decode_on": "device"})
     with pytest.raises(ConfigError, match="data.decode_on: expected one of 'cpu', 'device'"):
         Config().replace({"data.format": "shards", "data.decode_on": "gpu"})
+
+
+def test_the_trainer_side_and_its_gpu_check_run_without_ray():
+    """GPU machines have torch, torchvision and numpy but no Ray: the device decode and the gpu-check code around
+    it import none of Ray, decord or wandb (a fresh interpreter, which decodes a batch to prove it)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from pipeline.check_gpu import CheckSettings, jpeg_batches
+from pipeline.data.jpeg_clips import ClipFinish, decode_clips
+from pipeline.training import engine, optim  # what measure_device_decode uses
+s = CheckSettings.tiny()
+clips = decode_clips(jpeg_batches(s)[0], ClipFinish(train=True, crop_size=s.size, short_side=73))
+assert tuple(clips.shape) == (s.batch, s.segments, s.size, s.size, 3), clips.shape
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'decord', 'wandb'))
+print('heavy:', heavy)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "heavy: []" in done.stdout, done.stdout
