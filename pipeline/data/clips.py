@@ -1,12 +1,14 @@
 """From one manifest row to its clips: the one training/evaluation clip computation, and the row decoders.
 
-`clip_views` is the computation (TSN sampling + transforms, pure numpy; `fetch(indices)` supplies the frames);
+`clip_plans` is what a row's clips need before any frame is decoded (TSN indices, the shuffle, the augmentation's
+draws); `clip_views` is the computation (plans + transforms, pure numpy; `fetch(indices)` supplies the frames);
 `eval_clip` is its single centre view, what `eco predict` and batch inference feed the model. The row decoders
 turn a decode batch of manifest rows into clips and return the rows that failed: `VideoClipDecoder` decodes
 videos in the process's killable decode child (pipeline.data.isolation), `ShardClipDecoder` reads JPEG frames
 from frame shards (pipeline.data.shards). They differ only in how they fetch frames and name their failures, so
-that training from videos and from shards is the same computation. The stage that calls them
-(pipeline.data.pipeline) records the failures.
+that training from videos and from shards is the same computation. `ShardJpegDecoder` (data.decode_on=device)
+ships the same plans' JPEG bytes undecoded, for the trainer's device to finish (pipeline.data.jpeg_clips). The
+stage that calls them (pipeline.data.pipeline) records the failures.
 """
 
 from __future__ import annotations
