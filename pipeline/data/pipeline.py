@@ -249,8 +249,8 @@ def clip_dataset(cfg: Config, rows: pa.Table, *, train: bool, epoch: int = 0, nu
     decoder_cls = ShardJpegDecoder if jpeg else ShardClipDecoder if d.format == "shards" else VideoClipDecoder
     clip_bytes = cfg.model.num_segments * d.crop_size * d.crop_size * 3
     if jpeg:
-        # The clip's JPEG bytes, not its pixels: about a tenth of a 4:3 frame at the short side, at the shards'
-        # JPEG qualities (docs/benchmarks.md: shard storage per frame).
+        # The clip's JPEG bytes, not its pixels: at most about a tenth of a 4:3 frame at the short side (measured:
+        # 296 KiB per 16-frame clip at 256 px, q90, docs/benchmarks.md section 10; this gives 410 KiB).
         clip_bytes = cfg.model.num_segments * (d.short_side * d.short_side * 4 // 3 * 3) // 10
     source = _ClipSource(rows, epoch=epoch, rows_per_block=d.decode_batch_size,
                          blocks_per_task=_blocks_per_task(-(-rows.num_rows // d.decode_batch_size), workers),
@@ -337,7 +337,7 @@ class ClipCollate(NumpyBatchCollateFn):
         out: dict[str, Any] = {}
         if self.finish is not None:
             # data.decode_on=device: the JPEG bytes become clips on the trainer's device here, in Ray Data's
-            # batch-formatting thread, so the decoding of the next batch overlaps the current step.
+            # batch-formatting threads (prefetch_batches > 0), so the next batch decodes while the step runs.
             out["clip"] = decode_clips(batch, self.finish, device=self.device or "cpu")
         for name in ("clip", "label", "clip_index"):
             if name in batch and name not in out:
