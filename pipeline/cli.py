@@ -98,7 +98,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.training.evaluate import evaluate
 
     report = evaluate(args.checkpoint, args.manifest, split=args.split, num_clips=args.clips, crops=args.crops,
-                      out_dir=args.out, num_cpus=args.num_cpus, actors=args.actors, amp=args.amp)
+                      out_dir=args.out, num_cpus=args.num_cpus, actors=args.actors, amp=args.amp,
+                      decode_on=args.decode_on)
     print(json.dumps({k: v for k, v in report.items() if k != "per_class"}, indent=2))
     return 0
 
@@ -237,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, default=None,
                    help="model actors (default: one per GPU of the cluster, else 1 CPU actor)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast in the model actors (GPUs with bf16 cores)")
+    p.add_argument("--decode-on", default=None, choices=["cpu", "device"],
+                   help="shards: decode JPEGs in the CPU workers or on the model actors' devices (default: the "
+                        "checkpoint's data.decode_on)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="top-k labels for videos, batch inference, or online mode")
@@ -267,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks; each prints ratios against a baseline measured in the same run")
-    p.add_argument("name", choices=["decode", "shards", "pipeline", "train", "steps", "gpu", "elastic", "serve"])
+    p.add_argument("name", choices=["decode", "shards", "device_decode", "pipeline", "train", "steps", "gpu",
+                                    "elastic", "serve"])
     p.add_argument("--out", default=None, help="write results (JSON, plots) here")
     p.add_argument("--quick", action="store_true", help="smaller inputs, for a smoke run")
     p.set_defaults(func=cmd_bench)

@@ -55,6 +55,12 @@ class DataConfig:
     # `eco prepare shards` wrote (data.manifest then names the shard directory): 7-10x cheaper per clip on CPU,
     # at several times the storage (docs/benchmarks.md).
     format: Literal["video", "shards"] = "video"
+    # Shards only: where the JPEG frames are decoded. "cpu": in the Ray Data decode workers, which ship uint8
+    # clips; "device": the workers ship the sampled frames' JPEG bytes and the augmentation's draws, and the
+    # trainer (or the evaluation's model actor) decodes and augments on its own device, nvJPEG on a GPU
+    # (pipeline.data.jpeg_clips). Same clips either way; a worker's cost per clip falls several-fold (measured:
+    # docs/benchmarks.md), the trainer's rises by the decode.
+    decode_on: Literal["cpu", "device"] = "cpu"
     train_split: str = "train"
     val_split: str = "val"
     # Frames are resized to this short side inside the decode workers, so small uint8 tensors cross the object
@@ -99,6 +105,9 @@ class DataConfig:
         _check(self.decode_batch_size >= 1, "data.decode_batch_size", "must be >= 1")
         _check(self.decode_threads >= 1, "data.decode_threads", "must be >= 1 (0 breaks VP9, decord#246)")
         _check(self.decode_timeout_s > 0, "data.decode_timeout_s", "must be > 0")
+        _check(self.decode_on == "cpu" or self.format == "shards", "data.decode_on",
+               "'device' needs data.format=shards (videos are decoded by decord in the workers); valid: cpu, "
+               "or device with data.format=shards")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ JPEG decoding, and the Ray evaluation / batch inference path) run at a tiny size
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -41,7 +42,7 @@ def test_every_check_runs_on_cpu(tmp_path):
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     status = {c["name"]: c["status"] for c in result["checks"]}
     assert status == {"train": "ok", "evaluate": "ok", "checkpoint + predict": "ok", "jpeg decode": "ok",
-                      "ray: evaluate + batch inference": "ok"}, result["checks"]
+                      "device decode": "ok", "ray: evaluate + batch inference": "ok"}, result["checks"]
     figures = {c["name"]: c["figures"] for c in result["checks"]}
     assert figures["train"]["clips/s"] > 0 and "->" in figures["train"]["loss"]
     assert figures["checkpoint + predict"]["predict agrees"].endswith("%")
@@ -50,4 +51,27 @@ def test_every_check_runs_on_cpu(tmp_path):
     assert ray_figures["views"] == 6 * 16 // 4 and ray_figures["model actors"] == "1 CPU"
     assert ray_figures["batch predicted"] == 16
     table = done.stdout
-    assert "GPU check on cpu" in table and table.count(" ok ") >= 5
+    assert figures["device decode"]["mean |device - host|"] == 0.0
+    assert "GPU check on cpu" in table and table.count(" ok ") >= 6
+
+
+def test_device_decode_check_on_cpu():
+    """The check's `data.decode_on=device` rows on a CPU device (on a GPU: nvJPEG): JPEG clips decoded + augmented
+    by `jpeg_clips.decode_clips`, equal to the host path's (the same decoder on CPU), and whole training steps fed
+    by either path."""
+    from pipeline.check_gpu import CheckSettings, jpeg_batches, measure_device_decode
+    from pipeline.data.jpeg_clips import ClipFinish, decode_clips
+    from pipeline.model import eco_lite
+
+    s = dataclasses.replace(CheckSettings.tiny(), train_clips=8)  # 2 batches: one step per path and batch
+    batches = jpeg_batches(s)
+    assert [len(b["label"]) for b in batches] == [s.batch, s.batch]
+    clips = decode_clips(batches[0], ClipFinish(train=True, crop_size=s.size, short_side=73), device="cpu")
+    assert clips.dtype == torch.uint8 and tuple(clips.shape) == (s.batch, s.segments, s.size, s.size, 3)
+    torch.manual_seed(0)
+    model = eco_lite(num_classes=s.classes, num_segments=s.segments)
+    figures = measure_device_decode("cpu", s, model)
+    assert figures["mean |device - host|"] == 0.0
+    assert figures["decoded+augmented clips/s"] > 0
+    assert figures["step clips/s, device decode"] > 0 and figures["step clips/s, host decode"] > 0
+    assert "device / host" not in figures and "no GPU figure" in figures["note"]  # a ratio only on a GPU

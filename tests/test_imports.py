@@ -138,6 +138,8 @@ def test_leaves_stay_leaves():
     for pure in ("pipeline.data.sampling", "pipeline.data.transforms"):
         assert graph[pure] <= {"pipeline.data.sampling"}, (pure, graph[pure])
     assert graph["pipeline.data.shards"] == {"pipeline.storage"}
+    # The trainer-side JPEG clips run where Ray is not installed (`make gpu-check` on GPU machines).
+    assert graph["pipeline.data.jpeg_clips"] == {"pipeline.data.transforms"}
     assert "pipeline.data.pipeline" not in graph["pipeline.data.shards"]
     assert "pipeline.model.eco" not in graph["pipeline.model.weights"]
 

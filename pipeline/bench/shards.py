@@ -69,6 +69,7 @@ def _write_in_process(manifest_dir: Path, out: Path, *, fmt: str, fps: float | N
     if result["failures"]:
         raise RuntimeError(f"frame shards for the benchmark failed: {result['failures']}")
     table = _shard_manifest_table(result["rows"])
+    pq.write_table(table, out / "manifest.parquet")  # a shard directory the Ray Data pipeline can read, too
     shard_bytes = sum(result["shard_sizes"].values())
     source_bytes = sum(r["size_bytes"] for r in rows)
     return {"rows": table.to_pylist(), "shard_bytes": shard_bytes, "source_bytes": source_bytes,

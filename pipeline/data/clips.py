@@ -1,17 +1,20 @@
 """From one manifest row to its clips: the one training/evaluation clip computation, and the row decoders.
 
-`clip_views` is the computation (TSN sampling + transforms, pure numpy; `fetch(indices)` supplies the frames);
+`clip_plans` is what a row's clips need before any frame is decoded (TSN indices, the shuffle, the augmentation's
+draws); `clip_views` is the computation (plans + transforms, pure numpy; `fetch(indices)` supplies the frames);
 `eval_clip` is its single centre view, what `eco predict` and batch inference feed the model. The row decoders
 turn a decode batch of manifest rows into clips and return the rows that failed: `VideoClipDecoder` decodes
 videos in the process's killable decode child (pipeline.data.isolation), `ShardClipDecoder` reads JPEG frames
 from frame shards (pipeline.data.shards). They differ only in how they fetch frames and name their failures, so
-that training from videos and from shards is the same computation. The stage that calls them
-(pipeline.data.pipeline) records the failures.
+that training from videos and from shards is the same computation. `ShardJpegDecoder` (data.decode_on=device)
+ships the same plans' JPEG bytes undecoded, for the trainer's device to finish (pipeline.data.jpeg_clips). The
+stage that calls them (pipeline.data.pipeline) records the failures.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -26,31 +29,59 @@ VIDEO_COLUMNS = ("video_id", "path", "label", "num_frames", "width", "height")
 SHARD_COLUMNS = ("path", "video_id", "label", "num_frames", "batch_index")
 
 
+@dataclass(frozen=True)
+class ClipPlan:
+    """What one temporal clip of a row needs before any frame is decoded: the frames to fetch (`indices`, in
+    decode order), the order to put them in (`order`: the shuffle control's permutation, or None) and, for
+    training, the augmentation's draws. A pure function of the row and the settings (`clip_plans`), so the decode
+    worker and the trainer's device make the same clip from it."""
+
+    clip: int  # temporal clip number (0 for training)
+    indices: np.ndarray
+    order: np.ndarray | None
+    draws: transforms.TrainDraws | None
+
+
+def clip_plans(video_id: str, num_frames: int, *, train: bool, num_segments: int, seed: int, epoch: int,
+               multiscale: bool, flip: bool, shuffle_frames: bool, num_clips: int = 1) -> list[ClipPlan]:
+    """The row's clip plans. Training: one, every draw from clip_rng(seed, epoch, video) in a fixed order (TSN
+    offsets, the shuffle, then the crop and flip), so fresh every epoch and reproducible on any worker.
+    Evaluation: `num_clips` deterministic ones (segment points shifted per clip)."""
+    if train:
+        rng = sampling.clip_rng(seed, epoch, video_id)
+        indices = sampling.train_indices(num_frames, num_segments, rng)
+        order = rng.permutation(len(indices)) if shuffle_frames else None
+        return [ClipPlan(0, indices, order, transforms.draw_train(rng, multiscale=multiscale, flip=flip))]
+    plans = []
+    for c in range(num_clips):
+        indices = sampling.eval_indices(num_frames, num_segments, clip=c, num_clips=num_clips)
+        # The control experiment holds at evaluation too: frame order is never available to the model.
+        order = (sampling.clip_rng(seed, 0, f"{video_id}#{c}").permutation(len(indices)) if shuffle_frames
+                 else None)
+        plans.append(ClipPlan(c, indices, order, None))
+    return plans
+
+
 def clip_views(fetch: Callable[[np.ndarray], np.ndarray], video_id: str, num_frames: int, *, train: bool,
                num_segments: int, seed: int, epoch: int, short_side: int, crop_size: int, multiscale: bool,
                flip: bool, shuffle_frames: bool, num_clips: int = 1, crops: int = 1
                ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (clip_index, uint8 (T, crop, crop, 3)); `fetch(indices)` returns uint8 (T, H, W, 3) frames.
 
-    Training: one clip; offsets, crop, flip and the control shuffle all come from clip_rng(seed, epoch, video), so
-    they are fresh every epoch and reproducible on any worker. Evaluation: `num_clips` x `crops` views in a fixed
-    order, clip_index = clip * crops + crop.
+    Training: one clip (`clip_plans`). Evaluation: `num_clips` x `crops` views in a fixed order,
+    clip_index = clip * crops + crop.
     """
-    if train:
-        rng = sampling.clip_rng(seed, epoch, video_id)
-        frames = fetch(sampling.train_indices(num_frames, num_segments, rng))
-        if shuffle_frames:
-            frames = frames[rng.permutation(len(frames))]
-        yield 0, transforms.train_transform(frames, crop_size=crop_size, rng=rng, multiscale=multiscale, flip=flip)
-        return
-    for c in range(num_clips):
-        frames = fetch(sampling.eval_indices(num_frames, num_segments, clip=c, num_clips=num_clips))
-        if shuffle_frames:
-            # The control experiment holds at evaluation too: frame order is never available to the model.
-            frames = frames[sampling.clip_rng(seed, 0, f"{video_id}#{c}").permutation(len(frames))]
+    for plan in clip_plans(video_id, num_frames, train=train, num_segments=num_segments, seed=seed, epoch=epoch,
+                           multiscale=multiscale, flip=flip, shuffle_frames=shuffle_frames, num_clips=num_clips):
+        frames = fetch(plan.indices)
+        if plan.order is not None:
+            frames = frames[plan.order]
+        if plan.draws is not None:
+            yield 0, transforms.apply_train(frames, plan.draws, crop_size=crop_size)
+            continue
         views = transforms.eval_transform(frames, short_side=short_side, crop_size=crop_size, crops=crops)
         for k in range(crops):
-            yield c * crops + k, np.ascontiguousarray(views[k])
+            yield plan.clip * crops + k, np.ascontiguousarray(views[k])
 
 
 def eval_clip(fetch: Callable[[np.ndarray], np.ndarray], num_frames: int, *, num_segments: int, short_side: int,
@@ -218,3 +249,63 @@ class ShardClipDecoder(RowClipDecoder):
             return "shard_error", str(error)
         log.error("reading %s from %s failed unexpectedly", row["video_id"], row["path"], exc_info=error)
         return "decode_error", f"{type(error).__name__}: {error}"
+
+
+class ShardJpegDecoder(RowClipDecoder):
+    """Shard-manifest rows -> clip views as JPEG bytes (`data.decode_on=device`): the plans of `ShardClipDecoder`
+    (the same `clip_plans`: indices, shuffle, draws), the frames' bytes read from the shard and not decoded. The
+    trainer decodes and augments them on its device (pipeline.data.jpeg_clips). Output columns: jpeg,
+    jpeg_offsets, augment, label, video_id, clip_index; failures as `ShardClipDecoder`'s.
+    """
+
+    columns = SHARD_COLUMNS
+
+    def __init__(self, *, jpeg_backend: str = "torchvision", shard_root: str | None = None,
+                 num_threads: int = 1, timeout_s: float | None = None, max_clips_per_process: int | None = None,
+                 decode_fn: Callable | None = None, **clip_kwargs):
+        super().__init__(**clip_kwargs)
+        self.reader = ShardReader(shard_root, backend=jpeg_backend)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+        from pipeline.data.jpeg_clips import NO_DRAWS, pack
+
+        names = [*self.columns, *(c for c in self.optional_columns if c in batch)]
+        blobs, offsets, draws, labels, video_ids, clip_indices, failures = [], [], [], [], [], [], []
+        for i in range(len(batch["path"])):
+            row = {k: batch[k][i] for k in names}
+            try:
+                views = []
+                for plan in clip_plans(str(row["video_id"]), int(row["num_frames"]), train=self.train,
+                                       num_segments=self.T, seed=self.seed, epoch=self._epoch(row),
+                                       multiscale=self.multiscale, flip=self.flip,
+                                       shuffle_frames=self.shuffle_frames, num_clips=self.num_clips):
+                    jpegs = self.reader.read_jpegs(str(row["path"]), int(row["batch_index"]), plan.indices,
+                                                   video_id=str(row["video_id"]))
+                    if plan.order is not None:
+                        jpegs = [jpegs[j] for j in plan.order]
+                    blob, offs = pack(jpegs)
+                    aug = plan.draws.as_array() if plan.draws is not None else NO_DRAWS
+                    views.extend((plan.clip * self.crops + k, blob, offs, aug)
+                                 for k in range(1 if self.train else self.crops))
+            except Exception as e:  # noqa: BLE001 - a bad row is dropped and recorded, the epoch goes on
+                failures.append(self._failure(row, e))
+                continue
+            for clip_index, blob, offs, aug in views:
+                blobs.append(blob)
+                offsets.append(offs)
+                draws.append(aug)
+                labels.append(int(row["label"]))
+                video_ids.append(str(row["video_id"]))
+                clip_indices.append(clip_index)
+        out = {
+            "jpeg": np.asarray(blobs, dtype=object),
+            "jpeg_offsets": (np.stack(offsets) if offsets else np.zeros((0, self.T + 1), np.int64)),
+            "augment": np.stack(draws) if draws else np.zeros((0, 4), np.float64),
+            "label": np.asarray(labels, np.int64),
+            "video_id": np.asarray(video_ids, dtype=object),
+            "clip_index": np.asarray(clip_indices, np.int64),
+        }
+        return out, failures
+
+    def _describe(self, row: dict[str, Any], error: Exception) -> tuple[str, str]:
+        return ShardClipDecoder._describe(self, row, error)

@@ -16,7 +16,10 @@ them (path, reason, detail, epoch) in the run's `DataRunState` actor (pipeline.d
 
 Output rows: "clip" uint8 (T, crop, crop, 3) RGB, "label" int64, "video_id" str, "clip_index" int64 (0 for
 training; `clip * crops + crop` for evaluation). Conversion to float and normalisation happen on the trainer's
-device (pipeline.data.transforms.normalize), so only uint8 crosses the object store.
+device (pipeline.data.transforms.normalize), so only uint8 crosses the object store. With shards and
+`data.decode_on=device` the rows carry the clip's JPEG bytes and augmentation draws instead of "clip"
+(pipeline.data.jpeg_clips), and `ClipCollate(finish=clip_finish(cfg, ...), device=...)` makes the clips on the
+trainer's device.
 
 `iter_torch_batches` cannot turn the string column "video_id" into a tensor, so pass `ClipCollate()`: tensors only,
 moved to the device by Ray; with `keep_video_id=True` it adds "video_id" as a list of str and the caller moves the
@@ -46,7 +49,8 @@ from ray.data.datasource import Datasource, ReadTask
 from pipeline import raystart, storage
 from pipeline.config import Config
 from pipeline.data import manifest as manifest_lib
-from pipeline.data.clips import SHARD_COLUMNS, VIDEO_COLUMNS, ShardClipDecoder, VideoClipDecoder
+from pipeline.data.clips import SHARD_COLUMNS, VIDEO_COLUMNS, ShardClipDecoder, ShardJpegDecoder, VideoClipDecoder
+from pipeline.data.jpeg_clips import ClipFinish, decode_clips
 from pipeline.data.run_state import RUN_STATE_NAME, create_run_state, record_failures
 
 log = logging.getLogger(__name__)
@@ -241,8 +245,13 @@ def clip_dataset(cfg: Config, rows: pa.Table, *, train: bool, epoch: int = 0, nu
     kwargs = _decoder_kwargs(cfg, train=train, decode_fn=decode_fn)
     if not train:
         kwargs.update(num_clips=num_clips, crops=crops)
-    decoder_cls = ShardClipDecoder if d.format == "shards" else VideoClipDecoder
+    jpeg = jpeg_mode(cfg)
+    decoder_cls = ShardJpegDecoder if jpeg else ShardClipDecoder if d.format == "shards" else VideoClipDecoder
     clip_bytes = cfg.model.num_segments * d.crop_size * d.crop_size * 3
+    if jpeg:
+        # The clip's JPEG bytes, not its pixels: at most about a tenth of a 4:3 frame at the short side (measured:
+        # 296 KiB per 16-frame clip at 256 px, q90, docs/benchmarks.md section 10; this gives 410 KiB).
+        clip_bytes = cfg.model.num_segments * (d.short_side * d.short_side * 4 // 3 * 3) // 10
     source = _ClipSource(rows, epoch=epoch, rows_per_block=d.decode_batch_size,
                          blocks_per_task=_blocks_per_task(-(-rows.num_rows // d.decode_batch_size), workers),
                          run_state=run_state, decoder_cls=decoder_cls, decoder_kwargs=kwargs, clip_bytes=clip_bytes)
@@ -262,6 +271,18 @@ def clip_dataset(cfg: Config, rows: pa.Table, *, train: bool, epoch: int = 0, nu
         # Rows leave in input (manifest) order even though tasks finish out of order.
         ds.context.execution_options.preserve_order = True
     return ds
+
+
+def jpeg_mode(cfg: Config) -> bool:
+    """Whether the datasets of `cfg` ship JPEG bytes for the trainer's device to decode (data.decode_on=device)."""
+    return cfg.data.format == "shards" and cfg.data.decode_on == "device"
+
+
+def clip_finish(cfg: Config, *, train: bool, crops: int = 1) -> ClipFinish | None:
+    """What the trainer (or a model actor) does to this mode's rows to make clips; None when they are clips."""
+    if not jpeg_mode(cfg):
+        return None
+    return ClipFinish(train=train, crop_size=cfg.data.crop_size, short_side=cfg.data.short_side, crops=crops)
 
 
 def _check_views(num_clips: int, crops: int) -> None:
@@ -305,16 +326,21 @@ class ClipCollate(NumpyBatchCollateFn):
     the worker's device); with them it is not, and the caller moves the tensors (`batch["clip"].to(device)`).
     """
 
-    def __init__(self, *, keep_video_id: bool = False):
+    def __init__(self, *, keep_video_id: bool = False, finish: ClipFinish | None = None, device: Any = None):
         super().__init__()
         self.keep_video_id = keep_video_id
+        self.finish, self.device = finish, device
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         import torch
 
         out: dict[str, Any] = {}
+        if self.finish is not None:
+            # data.decode_on=device: the JPEG bytes become clips on the trainer's device here, in Ray Data's
+            # batch-formatting threads (prefetch_batches > 0), so the next batch decodes while the step runs.
+            out["clip"] = decode_clips(batch, self.finish, device=self.device or "cpu")
         for name in ("clip", "label", "clip_index"):
-            if name in batch:
+            if name in batch and name not in out:
                 # Zero-copy view of the (read-only) object-store buffer, as Ray's own collate does; the trainer
                 # never writes into it (normalize() makes a new float tensor).
                 with warnings.catch_warnings():

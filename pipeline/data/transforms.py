@@ -44,7 +44,14 @@ def _resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return frames
     # (T, H, W, 3) -> (T, 3, H, W): interpolate works on channels-first; uint8 stays uint8 (no float round trip).
     x = frames.permute(0, 3, 1, 2)
-    x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    if x.device.type == "cpu":
+        x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    else:
+        # torch's antialiased bilinear kernel takes uint8 on CPU only: elsewhere (CUDA) in float, rounded back. On
+        # the CPU this float route differs from the uint8 kernel (fixed-point weights) by at most one grey level,
+        # 0.13-0.2 on average, even on random noise; `eco check gpu` measures the device's difference.
+        x = F.interpolate(x.float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+        x = x.round_().clamp_(0, 255).to(torch.uint8)
     # (T, 3, h, w) -> (T, h, w, 3)
     return x.permute(0, 2, 3, 1).contiguous()
 
@@ -68,6 +75,57 @@ def crop(frames: np.ndarray | torch.Tensor, top: int, left: int, height: int, wi
     return frames[:, top:top + height, left:left + width]
 
 
+@dataclass(frozen=True)
+class TrainDraws:
+    """The random choices of one training clip's augmentation, independent of the frame size: the crop side as a
+    fraction of the short side, the crop position as fractions (x, y) of the free space, and the mirror.
+
+    Drawn once (`draw_train`) wherever the clip is sampled, applied (`apply_train`) wherever its frames are: the
+    decode worker (`train_transform`) or the trainer's device (pipeline.data.jpeg_clips), the same crop either way.
+    """
+
+    scale: float
+    fx: float
+    fy: float
+    flip: bool
+
+    def as_array(self) -> np.ndarray:
+        return np.asarray([self.scale, self.fx, self.fy, float(self.flip)], np.float64)
+
+    @classmethod
+    def from_array(cls, a) -> "TrainDraws":
+        scale, fx, fy, flip = (float(v) for v in a)
+        return cls(scale, fx, fy, flip >= 0.5)
+
+
+def draw_train(rng: np.random.Generator, *, multiscale: bool = True, flip: bool = True,
+               scales: tuple[float, ...] = MULTISCALE_SCALES) -> TrainDraws:
+    """The TSN/ECO augmentation's draws from `rng`, in this order: scale (only when multiscale), position, flip
+    (only when flip). The order is part of the contract: clips sampled before this split draw the same crops."""
+    scale = scales[rng.integers(len(scales))] if multiscale else 1.0
+    fx, fy = CROP_POSITIONS[rng.integers(len(CROP_POSITIONS))]
+    mirrored = bool(flip and rng.random() < 0.5)
+    return TrainDraws(float(scale), float(fx), float(fy), mirrored)
+
+
+def train_box(draws: TrainDraws, height: int, width: int) -> tuple[int, int, int]:
+    """(top, left, side) of the square crop that `draws` selects in frames of (height, width)."""
+    side = max(1, int(min(height, width) * draws.scale))
+    return round((height - side) * draws.fy), round((width - side) * draws.fx), side
+
+
+def apply_train(frames: np.ndarray | torch.Tensor, draws: TrainDraws, *, crop_size: int
+                ) -> np.ndarray | torch.Tensor:
+    """uint8 (T, H, W, 3) -> uint8 (T, crop_size, crop_size, 3): the crop of `draws`, resized, mirrored if drawn.
+    Runs where the frames are (numpy and CPU tensors on the host, CUDA tensors on the GPU)."""
+    t = _to_tensor(frames)
+    top, left, side = train_box(draws, t.shape[1], t.shape[2])
+    out = _resize(crop(t, top, left, side, side), crop_size, crop_size)
+    if draws.flip:
+        out = out.flip(2)  # (T, H, W, 3): dim 2 is W
+    return _like(out.contiguous(), frames)
+
+
 def train_transform(
     frames: np.ndarray | torch.Tensor,
     *,
@@ -83,17 +141,8 @@ def train_transform(
     CROP_POSITIONS, resized to crop_size, then mirrored left-right with probability 0.5 when `flip`.
     Turn `flip` off for direction-of-motion tasks: a mirrored "left to right" clip is a "right to left" clip.
     """
-    t = _to_tensor(frames)
-    _, height, width, _ = t.shape
-    short = min(height, width)
-    scale = scales[rng.integers(len(scales))] if multiscale else 1.0
-    side = max(1, int(short * scale))
-    fx, fy = CROP_POSITIONS[rng.integers(len(CROP_POSITIONS))]
-    top, left = round((height - side) * fy), round((width - side) * fx)
-    out = _resize(crop(t, top, left, side, side), crop_size, crop_size)
-    if flip and rng.random() < 0.5:
-        out = out.flip(2)  # (T, H, W, 3): dim 2 is W
-    return _like(out.contiguous(), frames)
+    _to_tensor(frames)  # reject bad input before drawing
+    return apply_train(frames, draw_train(rng, multiscale=multiscale, flip=flip, scales=scales), crop_size=crop_size)
 
 
 def eval_transform(

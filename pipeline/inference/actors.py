@@ -29,10 +29,22 @@ class ModelActor:
 
 
 class ScoreViews(ModelActor):
-    """Evaluation: rows of (video_id, label, clip_index, clip) -> (video_id, label, clip_index, probs)."""
+    """Evaluation: rows of (video_id, label, clip_index, clip) -> (video_id, label, clip_index, probs). With
+    `finish` (data.decode_on=device) the rows carry JPEG bytes instead of "clip", decoded and cropped here on the
+    actor's device (pipeline.data.jpeg_clips)."""
+
+    def __init__(self, checkpoint: str, *, amp: bool = False, finish=None):
+        super().__init__(checkpoint, amp=amp)
+        self.finish = finish
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        probs, _ = self.predictor.predict_clips(batch["clip"])  # (N, C) float32, on the host
+        if self.finish is not None:
+            from pipeline.data.jpeg_clips import decode_clips
+
+            clips = decode_clips(batch, self.finish, device=self.predictor.device)
+        else:
+            clips = batch["clip"]
+        probs, _ = self.predictor.predict_clips(clips)  # (N, C) float32, on the host
         return {"video_id": batch["video_id"], "label": batch["label"], "clip_index": batch["clip_index"],
                 "probs": probs}
 

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import Config
-from pipeline.data.pipeline import ClipCollate, clip_dataset
+from pipeline.data.pipeline import ClipCollate, clip_dataset, clip_finish
 from pipeline.training.elastic import EpochPosition
 from pipeline.training.engine import BatchStream
 
@@ -25,8 +25,10 @@ class RankData:
     """Rank `rank` of `world`'s training and evaluation batches (dicts of tensors, `batch_hook` applied)."""
 
     def __init__(self, cfg: Config, train_rows: pa.Table, val_rows: pa.Table, *, rank: int, world: int,
-                 run_state=None, batch_hook: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
+                 run_state=None, batch_hook: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 device: Any = "cpu"):
         self.cfg, self.rank, self.world = cfg, rank, world
+        self.device = device  # where data.decode_on=device decodes: this rank's training device
         self.train_rows, self.val_rows = train_rows, val_rows
         self.run_state, self.hook = run_state, batch_hook
         self._row_of = {str(v): i for i, v in enumerate(train_rows.column("video_id").to_pylist())}
@@ -49,7 +51,8 @@ class RankData:
         if rows.size:
             ds = clip_dataset(self.cfg, self.train_rows.take(rows), train=True, epoch=position.epoch,
                               decode_workers=self._decode_workers, run_state=self.run_state)
-            batches = ds.iter_torch_batches(batch_size=t.batch_size, collate_fn=ClipCollate(keep_video_id=True),
+            collate = ClipCollate(keep_video_id=True, finish=clip_finish(self.cfg, train=True), device=self.device)
+            batches = ds.iter_torch_batches(batch_size=t.batch_size, collate_fn=collate,
                                             prefetch_batches=self.cfg.data.prefetch_batches)
 
         def take(batch: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +68,7 @@ class RankData:
             return iter(())
         ds = clip_dataset(self.cfg, self.val_rows.take(rows), train=False, decode_workers=self._decode_workers,
                           run_state=self.run_state)
-        it = ds.iter_torch_batches(batch_size=self.cfg.train.eval_batch_size, collate_fn=ClipCollate(),
+        collate = ClipCollate(finish=clip_finish(self.cfg, train=False), device=self.device)
+        it = ds.iter_torch_batches(batch_size=self.cfg.train.eval_batch_size, collate_fn=collate,
                                    prefetch_batches=self.cfg.data.prefetch_batches)
         return map(self.hook, it) if self.hook is not None else iter(it)

@@ -32,12 +32,15 @@ log = logging.getLogger(__name__)
 
 def evaluate(checkpoint: str | os.PathLike, manifest: str | os.PathLike, *, split: str = "val", num_clips: int = 1,
              crops: int = 1, out_dir: str | os.PathLike | None = None, num_cpus: int | None = None,
-             actors: int | None = None, batch_size: int | None = None, amp: bool = False) -> dict[str, Any]:
+             actors: int | None = None, batch_size: int | None = None, amp: bool = False,
+             decode_on: str | None = None) -> dict[str, Any]:
     """Top-1, top-5, mean class accuracy and per-class accuracy of `checkpoint` on `split` of `manifest`.
 
     Runs on the Ray cluster: decode tasks produce `num_clips x crops` views per video, `actors` model actors (one
     per GPU by default, else one CPU actor) score them, and the driver averages each video's softmax over its
     views exactly. `num_cpus` sizes an auto-started local Ray instance; `amp` runs the model in bf16 autocast.
+    `decode_on` ("cpu" | "device", shards only) overrides the checkpoint's data.decode_on: "device" ships JPEG bytes
+    and decodes them on the model actors' devices.
     """
     import ray
 
@@ -49,6 +52,8 @@ def evaluate(checkpoint: str | os.PathLike, manifest: str | os.PathLike, *, spli
     t0 = time.perf_counter()
     read = checkpoint_io.read(checkpoint)  # model.pt: no optimiser state to read
     cfg = read.run_config()  # the authors' files carry none: the defaults with their preprocessing
+    if decode_on is not None:
+        cfg = cfg.replace({"data.decode_on": decode_on})  # validated: names the key and the valid choices
     label_names = list(read.label_names)
     del read
     manifest_labels = read_labels(manifest)
@@ -62,7 +67,8 @@ def evaluate(checkpoint: str | os.PathLike, manifest: str | os.PathLike, *, spli
     ds = data_pipeline.build_eval_dataset(cfg, manifest, split, num_clips=num_clips, crops=crops, run_state=run_state)
     actors, resources, kind = model_pool(actors)
     ds = add_model_stage(ds, ScoreViews, actors=actors, resources=resources,
-                         batch_size=batch_size or cfg.train.eval_batch_size, checkpoint=str(checkpoint), amp=amp)
+                         batch_size=batch_size or cfg.train.eval_batch_size, checkpoint=str(checkpoint), amp=amp,
+                         finish=data_pipeline.clip_finish(cfg, train=False, crops=crops))
     log.info("evaluating %s on %d videos of %s: %d x %d views each, %d %s model actor(s)", checkpoint,
              expected_videos, split, num_clips, crops, actors, kind)
 

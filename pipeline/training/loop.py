@@ -50,7 +50,7 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(t.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     group = engine.control_group()  # CPU collectives: the last batch, the trained rows
     data = RankData(cfg, ray.get(config["train_rows"]), ray.get(config["val_rows"]), rank=rank, world=world,
-                    run_state=run_state, batch_hook=config.get("batch_hook"))
+                    run_state=run_state, batch_hook=config.get("batch_hook"), device=device)
 
     # --- model and resume: the latest checkpoint (a restarted worker group, a resubmitted run) replaces every
     # weight, so the starting weights (model.pretrained / init_2d / init_3d) are read only for a fresh run --------
