@@ -29,11 +29,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"
 
-# The GPU path end to end on one GPU (pipeline/check_gpu.py). No setup step: GPU machines may have torch but no
+# The GPU path end to end on one GPU (pipeline/bench/check_gpu.py). No setup step: GPU machines may have torch but no
 # network, so it runs with .venv's Python when there is one, else the machine's python3 (torch, torchvision, numpy).
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
-	$(GPU_PY) -m pipeline.check_gpu $(GPU_CHECK_ARGS)
+	$(GPU_PY) -m pipeline.bench.check_gpu $(GPU_CHECK_ARGS)
 
 # Another supported Ray minor (pyproject.toml's range), without a second copy of torch: a venv that installs only
 # that Ray (and this project) and reads every other package from .venv through a .pth file. Runs the Ray contract

@@ -138,7 +138,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from pipeline import check_gpu
+    from pipeline.bench import check_gpu
 
     return check_gpu.run(args)
 
@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="end-to-end checks of a machine: `eco check gpu` (make gpu-check)")
     p.add_argument("what", choices=["gpu"])
-    from pipeline.check_gpu import add_arguments
+    from pipeline.bench.check_gpu import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=cmd_check)

@@ -59,7 +59,7 @@ def test_device_decode_check_on_cpu():
     """The check's `data.decode_on=device` rows on a CPU device (on a GPU: nvJPEG): JPEG clips decoded + augmented
     by `jpeg_clips.decode_clips`, equal to the host path's (the same decoder on CPU), and whole training steps fed
     by either path."""
-    from pipeline.check_gpu import CheckSettings, jpeg_batches, measure_device_decode
+    from pipeline.bench.check_gpu import CheckSettings, jpeg_batches, measure_device_decode
     from pipeline.data.jpeg_clips import ClipFinish, decode_clips
     from pipeline.model import eco_lite
 

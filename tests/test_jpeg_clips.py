@@ -148,7 +148,7 @@ def test_the_trainer_side_and_its_gpu_check_run_without_ray():
 
     code = """
 import sys
-from pipeline.check_gpu import CheckSettings, jpeg_batches
+from pipeline.bench.check_gpu import CheckSettings, jpeg_batches
 from pipeline.data.jpeg_clips import ClipFinish, decode_clips
 from pipeline.training import engine, optim  # what measure_device_decode uses
 s = CheckSettings.tiny()

@@ -4,7 +4,7 @@ Used to find where the `make demo` recipe's time goes (docs/benchmarks.md sectio
 run the same short training at two commits side by side, so both see the same machine load, and compare the
 per-role CPU seconds and the per-epoch lines.
 
-    python benchmarks/cpu_by_role.py --out /tmp/cpu-new.json -- \
+    python -m pipeline.bench.cpu_by_role --out /tmp/cpu-new.json -- \
         .venv/bin/eco train --config jobs/configs/synthetic_demo.yaml --set train.epochs=2 ...
 
 Linux only. Processes are attributed to the command through their parent chain (Ray's raylet and workers are

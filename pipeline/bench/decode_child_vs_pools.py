@@ -1,6 +1,6 @@
 """The killable decode child (pipeline.data.isolation.IsolatedDecoder) against maintained process pools.
 
-Run: PYTHONPATH=. python benchmarks/decode_child_vs_pools.py  (pebble must be importable; it is not a dependency)
+Run: python -m pipeline.bench.decode_child_vs_pools  (pebble: the `bench` extra)
 
 Per candidate, one worker process started with "spawn" (forking a process that runs Ray or torch threads is
 unsafe): the time to the first result (start-up), the mean round trip of a real decode call (16 frames of a small
