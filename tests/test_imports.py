@@ -177,5 +177,5 @@ def test_native_decoders_stay_behind_their_modules():
     """decord behind the decord backend, PyAV behind encode (whose primitives the PyAV backend composes); the
     benchmark's naive baselines use both on purpose, to measure what the project's defences cost."""
     assert _third_party_importers("decord") <= {"pipeline.data.decord_backend", "pipeline.bench.baselines"}
-    assert _third_party_importers("av") <= {"pipeline.data.encode", "pipeline.bench.baselines"}
+    assert _third_party_importers("av") <= {"pipeline.data.encode", "pipeline.data.pyav_read", "pipeline.bench.baselines"}
     assert "pipeline.data.decord_backend" in _third_party_importers("decord")

@@ -15,7 +15,7 @@ import numpy as np
 
 # Imported first: it loads PyAV before decord (see pipeline.data.decord_backend for why the order matters).
 from pipeline.data.decode import scaled_size
-from pipeline.data.encode import stream_info
+from pipeline.data.pyav_read import stream_info
 
 import decord  # noqa: E402
 

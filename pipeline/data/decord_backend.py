@@ -32,7 +32,7 @@ import numpy as np
 # Import order matters: decord loads its bundled FFmpeg/libvpx with RTLD_GLOBAL, after which PyAV's libavcodec
 # binds to decord's older libvpx and cannot open the VP9 encoder ("avcodec_open2 returned 22"). Loading PyAV
 # first (through encode, the one PyAV module) keeps both working in one process.
-from pipeline.data.encode import iter_frames
+from pipeline.data.pyav_read import iter_frames
 from pipeline.data.video_file import (COUNT_SIZE, MIN_SIDE, DecodeError, FileCache, VideoFile, VideoInfo, scaled_size,
                                       short_error)
 

@@ -1,4 +1,4 @@
-"""The PyAV backend (`PyAVBackend`): FFmpeg through PyAV (pipeline.data.encode's primitives) behind the backends'
+"""The PyAV backend (`PyAVBackend`): FFmpeg through PyAV (pipeline.data.pyav_read's primitives) behind the backends'
 interface, for the codecs decord 0.6's FFmpeg lacks (AV1), the files decord cannot open, and the files `auto`'s
 trial finds it faster on.
 
@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline.data.encode import frames_at, indexed_frames_at, iter_frames
+from pipeline.data.pyav_read import frames_at, indexed_frames_at, iter_frames
 from pipeline.data.video_file import COUNT_SIZE, DecodeError, FileCache, VideoFile, VideoInfo, scaled_size, short_error
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ decode backend reports in (`DecodeError` with a reason code, `VideoInfo`).
 - Damaged files (a download cut after its front-loaded index, bytes overwritten mid-stream, an AVI whose writer
   crashed, a Matroska block that runs past its cluster) open and decode partly: FFmpeg conceals or skips the damage
   and decord and PyAV count frames that are garbage or absent. `scan_damage` decodes the stream once with FFmpeg
-  (pipeline.data.encode.scan_stream: every error the decoder or demuxer reports, packets missing against the index)
+  (pipeline.data.pyav_read.scan_stream: every error the decoder or demuxer reports, packets missing against the index)
   and rejects the file as corrupt / truncated, or with `accept_partial` keeps only the frames before the damage.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline import storage
-from pipeline.data.encode import scan_stream, stream_info
+from pipeline.data.pyav_read import scan_stream, stream_info
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class VideoFile:
 
     def header(self) -> dict[str, Any]:
         """Codec, native size, fps, rotation and streams from the container header (FFmpeg through
-        pipeline.data.encode); raises DecodeError truncated / not_a_video / no_video_stream / decode_error."""
+        pipeline.data.pyav_read); raises DecodeError truncated / not_a_video / no_video_stream / decode_error."""
         if self._header is None:
             self._header = self._read_header()
         return self._header
@@ -253,7 +253,7 @@ def _known_container(head: bytes) -> bool:
 # --------------------------------------------------------------------------------------------------------------
 
 def scan_damage(file: VideoFile, *, num_threads: int, accept_partial: bool) -> dict[str, Any]:
-    """encode.scan_stream plus the container checks it cannot make; raises the damage unless `accept_partial`."""
+    """pyav_read.scan_stream plus the container checks it cannot make; raises the damage unless `accept_partial`."""
     path = file.path
     try:
         scan = scan_stream(file.av_input(), num_threads=num_threads)
