@@ -251,20 +251,12 @@ class ShardClipDecoder(RowClipDecoder):
         return "decode_error", f"{type(error).__name__}: {error}"
 
 
-class ShardJpegDecoder(RowClipDecoder):
+class ShardJpegDecoder(ShardClipDecoder):
     """Shard-manifest rows -> clip views as JPEG bytes (`data.decode_on=device`): the plans of `ShardClipDecoder`
     (the same `clip_plans`: indices, shuffle, draws), the frames' bytes read from the shard and not decoded. The
     trainer decodes and augments them on its device (pipeline.data.jpeg_clips). Output columns: jpeg,
-    jpeg_offsets, augment, label, video_id, clip_index; failures as `ShardClipDecoder`'s.
+    jpeg_offsets, augment, label, video_id, clip_index; constructor and failures as `ShardClipDecoder`'s.
     """
-
-    columns = SHARD_COLUMNS
-
-    def __init__(self, *, jpeg_backend: str = "torchvision", shard_root: str | None = None,
-                 num_threads: int = 1, timeout_s: float | None = None, max_clips_per_process: int | None = None,
-                 decode_fn: Callable | None = None, **clip_kwargs):
-        super().__init__(**clip_kwargs)
-        self.reader = ShardReader(shard_root, backend=jpeg_backend)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
         from pipeline.data.jpeg_clips import NO_DRAWS, pack
