@@ -239,12 +239,13 @@ def _filter_ray_train_loggers(flt: logging.Filter) -> None:
 def quiet() -> None:
     """Keep Ray's INFO chatter (per-report dicts, dataset banners) out of the console; warnings stay, and Ray's
     log files keep everything."""
-    import importlib.util
+    import sys
 
     import ray.data  # (configures the "ray.data" logger on import: adjust it afterwards)
 
-    if importlib.util.find_spec("tqdm") is None:
-        # Ray Data draws its progress bars with tqdm; without it, it says so in a warning on every run instead.
+    if not sys.stderr.isatty():
+        # Ray Data's tqdm bars help in a terminal; in a job log or a pipe they are carriage-return noise, and the
+        # commands print their own plain progress lines there (pipeline.progress).
         ray.data.DataContext.get_current().enable_progress_bars = False
 
     # A handler the root logger shares is left alone: Ray Train's workers use one "console" handler for both the
