@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 INTERVAL_ENV = "ECO_PROGRESS_INTERVAL_S"
 DEFAULT_INTERVAL_S = 10.0
 # What a plain line says: "probe: 120/4000 videos (3%), 41.2 videos/s, 01:34 left".
-PLAIN_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%), {rate_fmt}, {remaining} left"
+PLAIN_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%), {rate_noinv_fmt}, {remaining} left"
 
 
 def interval_s() -> float:
@@ -84,7 +84,7 @@ class Progress:
         """The plain line for the current count."""
         total = self.total if self.total is not None and self.total >= self.n else None
         elapsed = time.monotonic() - self._t0
-        fmt = PLAIN_FORMAT if total else "{desc}: {n_fmt} {unit}, {rate_fmt}"
+        fmt = PLAIN_FORMAT if total else "{desc}: {n_fmt} {unit}, {rate_noinv_fmt}"
         return tqdm.format_meter(self.n, total, elapsed, prefix=self.desc, unit=f" {self.unit}",
                                  bar_format=fmt.replace("{unit}", self.unit))
 

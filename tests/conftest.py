@@ -11,9 +11,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-# Ray Data's progress bars stay out of the test output without being disabled: with stdout not a terminal (pytest
-# captures it, Ray workers write to files) Ray Data logs its progress at INFO, which pipeline.raystart keeps in
-# Ray's log files; disabling the bars would add Ray Data's "Progress bars disabled" warning to every run.
+# No Ray Data progress at all in the tests: the fixtures start Ray without pipeline.raystart.quiet, so Ray Data's
+# progress log lines (what it prints instead of bars where stdout is not a terminal) would reach the test output.
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
 @pytest.fixture(scope="module")

@@ -158,7 +158,8 @@ def test_upload_writes_checkpoint_pt_last_and_a_failed_upload_leaves_nothing(tmp
     import pyarrow.fs as pafs
 
     model = _model()
-    src = ckpt.save_checkpoint(tmp_path / "local", _state(model, _trained(model)), extra_json={"workers": [{"rank": 0}]})
+    src = ckpt.save_checkpoint(tmp_path / "local", _state(model, _trained(model)),
+                               extra_json={"workers": [{"rank": 0}]})
     fs = pafs.LocalFileSystem()
     ckpt.upload_checkpoint(src, fs, str(tmp_path / "run" / "epoch_0001"))
     assert sorted(os.listdir(tmp_path / "run" / "epoch_0001")) == ["checkpoint.pt", "model.pt", "workers.json"]

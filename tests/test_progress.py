@@ -29,7 +29,7 @@ def test_plain_lines_count_up_to_the_total_when_not_a_terminal(caplog):
             for n in (1, 2, 2):
                 progress.update(n)
     lines = _progress_lines(caplog)
-    counts = [int(re.match(r"predict: (\d+)/5 videos \(\d+%\), [\d.]+ videos/s, \S+ left$", line).group(1))
+    counts = [int(re.match(r"predict: (\d+)/5 videos \(\d+%\), +[\d.]+ videos/s, \S+ left$", line).group(1))
               for line in lines]
     assert counts == [1, 3, 5]
     assert lines[-1].startswith("predict: 5/5 videos (100%)")
@@ -48,7 +48,7 @@ def test_unknown_total_says_count_and_rate(caplog):
     with caplog.at_level(logging.INFO, logger="pipeline.progress"):
         with Progress(None, desc="parts", unit="files", stream=io.StringIO(), every_s=0) as progress:
             progress.update(3)
-    assert re.fullmatch(r"parts: 3 files, [\d.]+ files/s", _progress_lines(caplog)[-1])
+    assert re.fullmatch(r"parts: 3 files, +[\d.]+ files/s", _progress_lines(caplog)[-1])
 
 
 def test_a_terminal_gets_a_tqdm_bar_and_no_log_lines(caplog):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from collections import defaultdict
 from typing import Any
 
