@@ -164,6 +164,10 @@ class TrainConfig:
     batchnorm: Literal["train", "partial", "frozen", "sync"] = "train"
     # Log per-step metrics every N optimiser steps.
     log_every_steps: int = 10
+    # Rank 0 prints a progress line inside the epoch (step, clips/s, data wait, loss, time left in the epoch and the
+    # run) at the first logging step (log_every_steps) at least this many seconds after the previous line: a job log
+    # shows a long epoch moving without a line per step. 0: a line at every logging step.
+    progress_every_s: float = 60.0
     # Stop after this many optimiser steps in total (0: no limit); used by tests and smoke runs.
     max_steps: int = 0
 
@@ -173,6 +177,7 @@ class TrainConfig:
         _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
         _check(self.eval_every_epochs >= 1, "train.eval_every_epochs", "must be >= 1")
         _check(self.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
+        _check(self.progress_every_s >= 0, "train.progress_every_s", "must be >= 0 (0: every logging step)")
         _check(self.max_steps >= 0, "train.max_steps", "must be >= 0")
 
 
@@ -252,9 +257,20 @@ class CheckpointConfig:
     # drain leaves 30 s (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S), cloud spot notices 30 s to 2 min: keep N steps
     # well under that.
     preemption_check_steps: int = 10
+    # Object storage faults (docs/cluster.md, "Storage faults"). Attempts per storage request, the first included,
+    # with the AWS SDK's standard backoff (pyarrow's AwsStandardS3RetryStrategy; pyarrow's own default is 3): for
+    # the checkpoints, Ray Train's run directory and every clip the run reads.
+    storage_retry_attempts: int = 10
+    # A checkpoint whose upload still fails is retried at the next step (the run's last one, in place with
+    # backoff) for this many seconds from the first failure; then the run fails with an error naming the URI, and
+    # resubmitting it resumes from the last complete checkpoint. 15 min outlasts a throttled bucket or a
+    # restarting gateway without training for hours on storage that is gone.
+    upload_retry_s: float = 900.0
 
     def validate(self) -> None:
         _check(bool(self.run_name), "checkpoint.run_name", "must be non-empty")
+        _check(self.storage_retry_attempts >= 1, "checkpoint.storage_retry_attempts", "must be >= 1")
+        _check(self.upload_retry_s >= 0, "checkpoint.upload_retry_s", "must be >= 0 (0: no retry)")
         _check(self.max_failures >= -1, "checkpoint.max_failures", "must be >= -1 (-1: unlimited)")
         _check(self.num_to_keep >= 1, "checkpoint.num_to_keep", "must be >= 1")
         _check(self.every_steps >= 0, "checkpoint.every_steps", "must be >= 0 (0: only at epoch ends)")

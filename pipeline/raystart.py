@@ -239,13 +239,16 @@ def _filter_ray_train_loggers(flt: logging.Filter) -> None:
 def quiet() -> None:
     """Keep Ray's INFO chatter (per-report dicts, dataset banners) out of the console; warnings stay, and Ray's
     log files keep everything."""
-    import importlib.util
+    import sys
 
     import ray.data  # (configures the "ray.data" logger on import: adjust it afterwards)
 
-    if importlib.util.find_spec("tqdm") is None:
-        # Ray Data draws its progress bars with tqdm; without it, it says so in a warning on every run instead.
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    # Ray Data draws its operator bars with tqdm when stdout is a terminal. Elsewhere (a job log, a pipe, a Ray
+    # worker) it would draw distributed bars through the driver; without them it logs its progress at INFO to
+    # "ray.data", which stays in ray-data.log, and the commands print their own plain lines (pipeline.progress).
+    # Turning the bars off instead makes Ray Data warn "Progress bars disabled" in every process.
+    if not sys.stdout.isatty():
+        ray.data.DataContext.get_current().use_ray_tqdm = False
 
     # A handler the root logger shares is left alone: Ray Train's workers use one "console" handler for both the
     # `ray.train` logger and the root logger, which carries the project's own lines (the epoch line).

@@ -25,7 +25,15 @@ import pyarrow.fs as pafs
 # moto); GOOGLE_APPLICATION_CREDENTIALS is read by the GCS filesystem.
 STORAGE_ENV_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                     "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
-                    "AWS_EC2_METADATA_DISABLED", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT")
+                    "AWS_EC2_METADATA_DISABLED", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT",
+                    "ECO_STORAGE_RETRY_ATTEMPTS")
+
+# Attempts per S3 request, the first included (docs/cluster.md, "Storage faults"). pyarrow's default is 3, which a
+# throttled bucket (503 SlowDown) or a few reset connections in a row exhaust within a second; 10 attempts of the
+# AWS SDK's standard strategy (exponential backoff with jitter, capped at 20 s) ride out about a minute of trouble.
+# `eco train` sets the variable from checkpoint.storage_retry_attempts; it is forwarded to every Ray process.
+RETRY_ATTEMPTS_ENV = "ECO_STORAGE_RETRY_ATTEMPTS"
+DEFAULT_RETRY_ATTEMPTS = 10
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 
@@ -46,16 +54,63 @@ def absolute(path: str | os.PathLike) -> str:
     return path if is_uri(path) else os.path.abspath(os.path.expanduser(path))
 
 
+def retry_attempts() -> int:
+    """Attempts per S3 request: ECO_STORAGE_RETRY_ATTEMPTS, else DEFAULT_RETRY_ATTEMPTS."""
+    raw = os.environ.get(RETRY_ATTEMPTS_ENV)
+    if raw is None:
+        return DEFAULT_RETRY_ATTEMPTS
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise StorageError(f"{RETRY_ATTEMPTS_ENV}={raw!r}: expected a whole number of attempts (>= 1)") from e
+    if value < 1:
+        raise StorageError(f"{RETRY_ATTEMPTS_ENV}={raw!r}: expected a whole number of attempts (>= 1)")
+    return value
+
+
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem with `retry_attempts` attempts per request (AwsStandardS3RetryStrategy), kept when
+    pickled: pyarrow's own pickling drops the retry strategy, so a Ray worker or the Ray Train controller would get
+    3 attempts back."""
+
+    def __init__(self, *, retry_attempts: int, **options: Any):
+        super().__init__(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=retry_attempts), **options)
+        self.retry_attempts = retry_attempts
+
+    def __reduce__(self):
+        _, (options,) = super().__reduce__()
+        return _rebuild_s3, (self.retry_attempts, options)
+
+
+def _rebuild_s3(retry_attempts: int, options: dict[str, Any]) -> RetryingS3FileSystem:
+    return RetryingS3FileSystem(retry_attempts=retry_attempts, **options)
+
+
 def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path or a URI."""
+    """(filesystem, path inside it) for a local path or a URI; S3 retries each request (`retry_attempts()`)."""
     path = str(path)
     if is_uri(path):
         try:
             fs, inner = pafs.FileSystem.from_uri(path)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
             raise StorageError(f"{path}: not a path or URI pyarrow can open: {e}") from e
+        if isinstance(fs, pafs.S3FileSystem) and not isinstance(fs, RetryingS3FileSystem):
+            # The same options from_uri chose (region, endpoint, credentials), with the retry budget.
+            _, (options,) = fs.__reduce__()
+            fs = RetryingS3FileSystem(retry_attempts=retry_attempts(), **options)
         return fs, inner.rstrip("/") or inner
     return pafs.LocalFileSystem(), absolute(path)
+
+
+def uri_of(fs: pafs.FileSystem, path: str) -> str:
+    """The URI (or local path) of `path` inside `fs`, as every command accepts it back: Ray Train hands out
+    checkpoints as (filesystem, path without scheme)."""
+    if isinstance(fs, pafs.LocalFileSystem) or is_uri(path):
+        return path
+    scheme = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs"}.get(fs.type_name)
+    if scheme is None:
+        raise StorageError(f"{path}: on a {fs.type_name} filesystem, which has no URI scheme here")
+    return f"{scheme}://{path.lstrip('/')}"
 
 
 def join(base: str | os.PathLike, *parts: str) -> str:

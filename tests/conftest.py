@@ -11,7 +11,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-# Ray Data's progress bars flood CI logs.
+# No Ray Data progress at all in the tests: the fixtures start Ray without pipeline.raystart.quiet, so Ray Data's
+# progress log lines (what it prints instead of bars where stdout is not a terminal) would reach the test output.
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 

@@ -113,3 +113,67 @@ def test_load_errors_name_the_file(tmp_path):
     assert e.value.reason == "unsupported_format"
     with pytest.raises(ValueError, match="missing keys"):
         ckpt.save_checkpoint(tmp_path / "x", {"format": "eco-pipeline/1"})
+
+
+def _run_with_checkpoints(run_dir, *names_and_steps):
+    model = _model()
+    opt = _trained(model)
+    for name, step in names_and_steps:
+        ckpt.save_checkpoint(run_dir / name, _state(model, opt, step=step))
+
+
+def test_truncated_latest_checkpoint_resumes_from_the_one_before_and_says_so(tmp_path, caplog):
+    run = tmp_path / "run"
+    _run_with_checkpoints(run, ("epoch_0001-step_0000002", 2), ("epoch_0001", 3), ("epoch_0002-step_0000004", 4))
+    (run / "other").mkdir()  # not a checkpoint name: never a candidate
+    latest = run / "epoch_0002-step_0000004"
+    data = (latest / "checkpoint.pt").read_bytes()
+    (latest / "checkpoint.pt").write_bytes(data[: len(data) // 2])  # a partial copy
+    with caplog.at_level("WARNING", logger="pipeline.training.checkpoint"):
+        state, used = ckpt.load_latest_good(str(latest))
+    # The previous checkpoint in the run's order is the end of epoch 1 (after its mid-epoch one), not the name
+    # that sorts before it as text.
+    assert (used, state["step"]) == (str(run / "epoch_0001"), 3)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1
+    assert lines[0].startswith(f"latest checkpoint {latest} is unreadable (checkpoint.pt: truncated")
+    assert lines[0].endswith(f"resuming from the one before it, {run / 'epoch_0001'}")
+
+    # A readable latest checkpoint is used as it is, silently; with nothing readable, the latest's error.
+    caplog.clear()
+    assert ckpt.load_latest_good(str(run / "epoch_0001"))[1] == str(run / "epoch_0001") and not caplog.records
+    with pytest.raises(CheckpointError, match="epoch_0001-step_0000002/checkpoint.pt: truncated"):
+        (run / "epoch_0001-step_0000002" / "checkpoint.pt").write_bytes(b"PK\x03\x04")
+        ckpt.load_latest_good(str(run / "epoch_0001-step_0000002"))
+
+
+def test_checkpoint_order_in_a_run():
+    names = ["epoch_0002", "epoch_0001", "epoch_0002-step_0000005", "epoch_0001-step_0000002", "epoch_0010"]
+    assert sorted(names, key=ckpt.order_key) == ["epoch_0001-step_0000002", "epoch_0001", "epoch_0002-step_0000005",
+                                                 "epoch_0002", "epoch_0010"]
+    assert ckpt.order_key("checkpoint_2026-01-01") is None
+
+
+def test_upload_writes_checkpoint_pt_last_and_a_failed_upload_leaves_nothing(tmp_path):
+    import pyarrow.fs as pafs
+
+    model = _model()
+    src = ckpt.save_checkpoint(tmp_path / "local", _state(model, _trained(model)),
+                               extra_json={"workers": [{"rank": 0}]})
+    fs = pafs.LocalFileSystem()
+    ckpt.upload_checkpoint(src, fs, str(tmp_path / "run" / "epoch_0001"))
+    assert sorted(os.listdir(tmp_path / "run" / "epoch_0001")) == ["checkpoint.pt", "model.pt", "workers.json"]
+    assert ckpt.load_checkpoint(tmp_path / "run" / "epoch_0001")["step"] == 42
+
+    # Storage that refuses the directory (a file stands where it would go): the error, and nothing half-written.
+    (tmp_path / "blocked").write_text("a file, not a directory")
+    budget = ckpt.UploadBudget(budget_s=3600)
+    assert budget.upload(src, fs, str(tmp_path / "blocked" / "epoch_0002")) is False  # retried at the next step
+    assert budget.failing_since is not None and (tmp_path / "blocked").is_file()
+    assert budget.upload(src, fs, str(tmp_path / "run" / "epoch_0002")) is True and budget.failing_since is None
+
+    # Past the budget (0 s: the first failure): one error naming the destination and the key.
+    with pytest.raises(Exception, match=r"blocked/epoch_0003: checkpoint upload still failing after 0 s, the "
+                                        r"budget of checkpoint.upload_retry_s=0") as e:
+        ckpt.UploadBudget(budget_s=0).upload(src, fs, str(tmp_path / "blocked" / "epoch_0003"))
+    assert isinstance(e.value.__cause__, OSError)

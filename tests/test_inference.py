@@ -208,7 +208,10 @@ def _manifest(tiny_task, directory: Path) -> tuple[Path, list[str], list[str]]:
     return manifest, list(tiny_task["videos"]), ["bad_missing", "bad_text"]
 
 
-def test_batch_predict_two_actors_resume_and_bad_files(tiny_task, tmp_path, ray_session):
+def test_batch_predict_two_actors_resume_and_bad_files(tiny_task, tmp_path, ray_session, caplog, monkeypatch):
+    import logging
+    import re
+
     from pipeline.inference import batch_predict, read_predictions
 
     manifest, good, bad = _manifest(tiny_task, tmp_path)
@@ -222,11 +225,19 @@ def test_batch_predict_two_actors_resume_and_bad_files(tiny_task, tmp_path, ray_
     done_before = read_predictions(out).num_rows + read_predictions(out, errors=True).num_rows
     assert 1 <= done_before <= len(good) + len(bad)
 
-    # Resume: only the rest is processed.
-    second = batch_predict(manifest, ckpt, out, top_k=2, features=True, actors=2, batch_size=2,
-                           decode_batch_size=2, rows_per_part=2)
+    # Resume: only the rest is processed, with progress lines (not a terminal: plain lines, here one per part)
+    # counting up to the videos left (none when the interrupted run's pipeline had already written every part).
+    monkeypatch.setenv("ECO_PROGRESS_INTERVAL_S", "0")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pipeline.progress"):
+        second = batch_predict(manifest, ckpt, out, top_k=2, features=True, actors=2, batch_size=2,
+                               decode_batch_size=2, rows_per_part=2)
     assert second.complete and second.skipped == done_before
-    assert second.predicted + second.failed == len(good) + len(bad) - done_before
+    left = len(good) + len(bad) - done_before
+    assert second.predicted + second.failed == left
+    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.progress"]
+    counts = [int(re.match(rf"predict: (\d+)/{left} videos", line).group(1)) for line in lines]
+    assert counts == sorted(counts) and counts[-1:] == ([left] if left else [])
 
     preds = read_predictions(out)
     assert sorted(preds["video_id"].to_pylist()) == sorted(good)  # every row exactly once

@@ -128,14 +128,26 @@ def test_folder_source_manifest_quarantine_labels_and_summary(tree, folder_prepa
     assert m.read_labels(tmp_path / "out" / "manifest.parquet") == sorted(CLASSES)
 
 
-def test_ray_job_entrypoint_equals_eco_prepare(ray_session, tree, folder_prepared, tmp_path, capsys):
-    """`python jobs/prepare.py ARGS` parses like `eco prepare ARGS` (run in-process on the session's Ray)."""
+def test_ray_job_entrypoint_equals_eco_prepare(ray_session, tree, folder_prepared, tmp_path, capsys, caplog,
+                                               monkeypatch):
+    """`python jobs/prepare.py ARGS` parses like `eco prepare ARGS` (run in-process on the session's Ray); its
+    output (not a terminal) has plain progress lines counting up to the total, and the summary once."""
+    import logging
+    import re
     import runpy
 
+    monkeypatch.setenv("ECO_PROGRESS_INTERVAL_S", "0")  # a line at every update
     job = runpy.run_path(str(Path(__file__).resolve().parents[1] / "jobs" / "prepare.py"))
-    assert job["run"](["folder", str(tree[0]), "--out", str(tmp_path / "job"), "--val-fraction", "0.25",
-                       "--seed", "3"]) == 0
-    assert "prepared 12 videos in 3 classes (4 rejected)" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO):
+        assert job["run"](["folder", str(tree[0]), "--out", str(tmp_path / "job"), "--val-fraction", "0.25",
+                           "--seed", "3"]) == 0
+    assert capsys.readouterr().out.count("prepared 12 videos in 3 classes (4 rejected)") == 1
+    logged = [r.getMessage() for r in caplog.records]
+    assert not [line for line in logged if "prepared 12 videos" in line]  # printed once, not logged as well
+    probed = [re.fullmatch(r"probe: (\d+)/(\d+) videos \(\d+%\), .* left", line) for line in logged
+              if line.startswith("probe: ")]
+    counts = [int(p.group(1)) for p in probed]
+    assert counts == sorted(counts) and counts[-1] == int(probed[-1].group(2)) >= 12
     assert m.read_manifest(tmp_path / "job").equals(m.read_manifest(folder_prepared[0]))
 
 

@@ -63,6 +63,31 @@ def test_train_report_logger_is_named_by_a_path_in_rays_package():
     assert module.logger.name.startswith(os.path.dirname(ray.__file__))
 
 
+def test_a_checkpoint_uploaded_by_the_worker_is_reported_as_it_is():
+    """pipeline.training.loop._Reporter uploads a checkpoint itself (within its retry budget) to the run directory
+    of the worker's storage context and reports it with NO_UPLOAD; RunConfig takes the retrying filesystem."""
+    import inspect
+
+    from ray.train.v2.api.context import TrainContext
+
+    assert ray.train.CheckpointUploadMode.NO_UPLOAD.value
+    assert {"checkpoint_upload_mode", "delete_local_checkpoint_after_upload"} <= set(
+        inspect.signature(ray.train.report).parameters)
+    assert hasattr(TrainContext, "get_storage")
+    assert "storage_filesystem" in inspect.signature(ray.train.RunConfig).parameters
+
+
+def test_ray_data_logs_progress_instead_of_bars_without_a_terminal():
+    """pipeline.raystart.quiet turns Ray Data's distributed tqdm off where stdout is not a terminal: Ray Data then
+    logs its progress (at INFO, kept in its log file) instead of drawing bars or warning that they are off."""
+    import inspect
+
+    from ray.data._internal import progress
+
+    source = inspect.getsource(progress.get_progress_manager)
+    assert "isatty" in source and "use_ray_tqdm" in source and "LoggingExecutionProgressManager" in source
+
+
 def test_collate_base_class_is_public():
     """pipeline.data.pipeline.ClipCollate subclasses NumpyBatchCollateFn, which iter_torch_batches accepts."""
     from ray.data.collate_fn import NumpyBatchCollateFn

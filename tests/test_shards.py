@@ -155,8 +155,11 @@ def test_shard_files_bounded_and_storage_reported(arrow_shards, videos):
         assert batch.column("frame_index").to_pylist() == list(range(row["num_frames"]))
 
 
-def test_subsampled_parquet_shards_via_file_uri(ray_session, videos, tmp_path, arrow_shards):
-    """fps subsampling, the Parquet layout, and reading/writing through a pyarrow LocalFileSystem URI."""
+def test_subsampled_parquet_shards_via_file_uri(ray_session, videos, tmp_path, arrow_shards, caplog, monkeypatch):
+    """fps subsampling, the Parquet layout, and reading/writing through a pyarrow LocalFileSystem URI; progress
+    lines (not a terminal) count the videos up to the total as the tasks finish."""
+    import logging
+
     from pipeline.data.decode import decode_frames
 
     manifest_dir, rows = videos
@@ -168,9 +171,13 @@ def test_subsampled_parquet_shards_via_file_uri(ray_session, videos, tmp_path, a
                                         schema=MANIFEST_SCHEMA), manifest)
     (tmp_path / "labels.json").write_text(json.dumps(["left", "right"]))
     uri = "file://" + str(tmp_path / "pq")
-    summary = write_shards("file://" + str(manifest), uri, short_side=SHORT, quality=QUALITY, fps=4.0,
-                           format="parquet", max_shard_bytes=2**20)
+    monkeypatch.setenv("ECO_PROGRESS_INTERVAL_S", "0")
+    with caplog.at_level(logging.INFO, logger="pipeline.progress"):
+        summary = write_shards("file://" + str(manifest), uri, short_side=SHORT, quality=QUALITY, fps=4.0,
+                               format="parquet", max_shard_bytes=2**20, videos_per_task=2)
     assert summary.videos == 3 and summary.failed == 1
+    progress = [r.getMessage().split(" (")[0] for r in caplog.records if r.name == "pipeline.progress"]
+    assert progress == ["shards: 2/4 videos", "shards: 4/4 videos"]
     quarantine = pq.read_table(tmp_path / "pq" / "quarantine.parquet").to_pylist()
     assert [q["path"] for q in quarantine] == [str(bad)] and quarantine[0]["reason"] == "not_a_video"
     table = read_shard_manifest(uri)

@@ -322,8 +322,7 @@ def prepare(source: Any, out_dir: str | os.PathLike, *, val_fraction: float = 0.
         backends=dict(sorted(Counter(r["backend"] for r in rows).items())),
         damaged=dict(sorted(Counter(r["damaged"] for r in rows if r["damaged"]).items())))
     _write_bytes(files["summary"], json.dumps(summary.to_dict(), indent=2).encode())
-    log.info("%s", summary.describe())
-    return summary
+    return summary  # the caller prints it: `eco prepare` once
 
 
 def _source_name(source: Any) -> str:

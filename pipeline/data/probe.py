@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
 from pipeline import raystart, storage
+from pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +135,9 @@ def probe_all(items: list[dict[str, Any]], timeout_s: float, workers: int | None
         runtime_env=storage.storage_runtime_env(),
     )
     results: list[dict[str, Any]] = []
-    started, last_log = time.monotonic(), 0.0
-    # Ray Data's own progress bar shows the probe in a terminal; this log line is the progress in job logs
-    # (and where bars are disabled).
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        results.extend(batch.to_pylist())
-        now = time.monotonic()
-        if now - last_log > 10 or len(results) == n:
-            last_log = now
-            log.info("probed %d/%d videos (%.0f s)", len(results), n, now - started)
+    with Progress(n, desc="probe", unit="videos") as progress:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            results.extend(batch.to_pylist())
+            progress.update(batch.num_rows)
     return results
 

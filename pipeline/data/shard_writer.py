@@ -35,6 +35,7 @@ from pipeline.data.shards import (
     kept_frame_indices,
     resolve,
 )
+from pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -257,13 +258,21 @@ def write_shards(manifest: str | Path, out_dir: str | Path, *, short_side: int =
     raystart.ensure_ray()
     remote = ray.remote(num_cpus=num_cpus_per_task, max_retries=2,
                         runtime_env=storage.storage_runtime_env())(_write_chunk)
-    futures = [
+    futures = {
         remote.remote(rows[i:i + videos_per_task], out, f"shard-{token}-{i // videos_per_task:05d}", fmt=format,
                       short_side=short_side, fps=fps, quality=quality, max_shard_bytes=max_shard_bytes,
-                      timeout_s=timeout_s)
+                      timeout_s=timeout_s): i
         for i in range(0, len(rows), videos_per_task)
-    ]
-    results = ray.get(futures)
+    }
+    results_by_start: dict[int, dict[str, Any]] = {}
+    pending = list(futures)
+    with Progress(len(rows), desc="shards", unit="videos") as progress:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            result = ray.get(done[0])
+            results_by_start[futures[done[0]]] = result
+            progress.update(len(result["rows"]) + len(result["failures"]))
+    results = [results_by_start[i] for i in sorted(results_by_start)]  # task order, as before: stable manifests
 
     out_rows = [r for res in results for r in res["rows"]]
     failures = [f for res in results for f in res["failures"]]
@@ -290,9 +299,7 @@ def write_shards(manifest: str | Path, out_dir: str | Path, *, short_side: int =
         failures_by_reason=reasons)
     with fs.open_output_stream(_fs_join(base, "summary.json")) as f:
         f.write(json.dumps(summary.to_dict(), indent=2).encode())
-    log.info("frame shards: %d videos -> %d shards, %.2fx the source bytes", summary.videos, summary.shards,
-             summary.storage_ratio)
-    return summary
+    return summary  # the caller prints it (`eco prepare shards`: summary.describe())
 
 
 def _shard_manifest_table(rows: list[dict[str, Any]]) -> pa.Table:

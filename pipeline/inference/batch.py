@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from pipeline import raystart, storage
 from pipeline.inference.actors import ModelActor, add_model_stage, model_pool
+from pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +135,15 @@ def batch_predict(manifest: str | Path, checkpoint: str | Path, out: str | Path,
 
     predicted = failed = parts = 0
     complete = True
-    for summary in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        predicted += int(pc.sum(summary["predicted"]).as_py() or 0)
-        failed += int(pc.sum(summary["failed"]).as_py() or 0)
-        parts += summary.num_rows
-        if max_parts is not None and parts >= max_parts:
-            complete = False
-            break
+    with Progress(pending, desc="predict", unit="videos") as progress:
+        for summary in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            part_predicted = int(pc.sum(summary["predicted"]).as_py() or 0)
+            part_failed = int(pc.sum(summary["failed"]).as_py() or 0)
+            predicted, failed, parts = predicted + part_predicted, failed + part_failed, parts + summary.num_rows
+            progress.update(part_predicted + part_failed)
+            if max_parts is not None and parts >= max_parts:
+                complete = False
+                break
     return BatchSummary(out=out, manifest_rows=manifest_rows, skipped=manifest_rows - pending, predicted=predicted,
                         failed=failed, parts=parts, seconds=time.perf_counter() - start, complete=complete)
 

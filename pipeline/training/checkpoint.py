@@ -14,19 +14,26 @@ after the copy finished, so a crash at any point leaves either the previous chec
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 from torch import nn
 
+from pipeline import storage
 from pipeline.model import checkpoint_io
 from pipeline.model.checkpoint_io import CHECKPOINT_FILE, MODEL_FILE
 from pipeline.model.checkpoint_io import PROJECT_FORMAT as FORMAT
 from pipeline.model.keys import CheckpointError
+
+log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("format", "model", "optimizer", "epoch", "step", "config", "label_names", "data_seed", "metrics")
 
@@ -119,6 +126,103 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                               f"the checkpoint.pt its training wrote (use model.pretrained to start from weights)",
                               reason="not_resumable")
     return {**checkpoint.stored, "model": checkpoint.state_dict}
+
+
+def load_latest_good(uri: str, *, announce: bool = True) -> tuple[dict[str, Any], str]:
+    """The training state of checkpoint `uri`, or, when it is truncated or unreadable, of the newest readable
+    checkpoint of the same run before it (said in one line when `announce`); returns (state, the URI read).
+    Raises the first CheckpointError when none is readable."""
+    try:
+        return load_checkpoint(uri), uri
+    except CheckpointError as first:
+        error = first
+    bad = uri.rstrip("/")
+    run_dir, name = storage.parent(bad), storage.basename(bad)
+    earlier = [n for n in storage.listdir(run_dir) if order_key(n) is not None and order_key(n) < order_key(name)]
+    for candidate in sorted(earlier, key=order_key, reverse=True):
+        previous = storage.join(run_dir, candidate)
+        try:
+            state = load_checkpoint(previous)
+        except (CheckpointError, FileNotFoundError):
+            continue
+        if announce:
+            log.warning("latest checkpoint %s is unreadable (%s); resuming from the one before it, %s", bad,
+                        str(error).removeprefix(f"{bad}/"), previous)
+        return state, previous
+    raise error
+
+
+_NAME = re.compile(r"^epoch_(\d+)(?:-step_(\d+))?$")
+
+
+def order_key(name: str) -> tuple[int, int, int] | None:
+    """Where a checkpoint directory name (loop.py: `epoch_0003` after epoch 3, `epoch_0003-step_0000420` inside
+    it) sits in a run: epoch, then mid-epoch checkpoints by step before the epoch's end. None for other names."""
+    m = _NAME.match(name)
+    if m is None:
+        return None
+    return int(m.group(1)), 0 if m.group(2) else 1, int(m.group(2) or 0)
+
+
+def upload_checkpoint(local_dir: str | Path, fs: pafs.FileSystem, dest: str) -> None:
+    """Copy a checkpoint directory to `dest` on `fs` (the run's storage), never half-written: checkpoint.pt, what a
+    resume reads, goes last and appears whole (an object store publishes a PUT whole; a local file is renamed into
+    place), so a directory without it is incomplete and never resumed from. On failure what was written is
+    removed (when the storage lets us) and the error re-raised."""
+    names = sorted(os.listdir(local_dir), key=lambda n: n == CHECKPOINT_FILE)
+    local = isinstance(fs, pafs.LocalFileSystem)
+    try:
+        fs.create_dir(dest, recursive=True)
+        for name in names:
+            target = f"{dest}/{name}"
+            written = f"{dest}/.{name}.tmp-{uuid.uuid4().hex[:8]}" if local else target
+            with open(Path(local_dir, name), "rb") as src, fs.open_output_stream(written) as out:
+                shutil.copyfileobj(src, out, 8 * 2**20)
+            if local:
+                fs.move(written, target)
+    except OSError:
+        try:
+            fs.delete_dir(dest)
+        except OSError:
+            pass  # storage still down: without checkpoint.pt the directory is never resumed from
+        raise
+
+
+class UploadBudget:
+    """How long checkpoint uploads may keep failing (checkpoint.upload_retry_s) before the run stops: a failed
+    upload is retried at the next step; the first failure starts the clock, a success stops it."""
+
+    def __init__(self, budget_s: float):
+        self.budget_s = budget_s
+        self.failing_since: float | None = None
+
+    def upload(self, local_dir: str | Path, fs: pafs.FileSystem, dest: str, *, until_done: bool = False) -> bool:
+        """Upload (upload_checkpoint); False when it failed and may be retried later. `until_done` (the run's
+        last checkpoint: no later step to retry at) retries here, with backoff, until it succeeds or the budget
+        is spent. Raises StorageError naming the URI when the budget is spent."""
+        uri, attempt = storage.uri_of(fs, dest), 0
+        while True:
+            try:
+                upload_checkpoint(local_dir, fs, dest)
+                self.failing_since = None
+                return True
+            except OSError as e:
+                now = time.monotonic()
+                self.failing_since = self.failing_since if self.failing_since is not None else now
+                failing = now - self.failing_since
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                if failing >= self.budget_s:
+                    raise storage.StorageError(
+                        f"{uri}: checkpoint upload still failing after {failing:.0f} s, the budget of "
+                        f"checkpoint.upload_retry_s={self.budget_s:g} ({reason}); the run stops here, and "
+                        f"resubmitting it resumes from its last complete checkpoint") from e
+                if not until_done:
+                    log.warning("%s: checkpoint upload failed (%s); retrying at the next step", uri, reason)
+                    return False
+                attempt += 1
+                wait = min(2.0 ** attempt, 30.0, max(self.budget_s - failing, 0.0))
+                log.warning("%s: checkpoint upload failed (%s); retrying in %.0f s", uri, reason, wait)
+                time.sleep(wait)
 
 
 def restore(model: nn.Module, optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:

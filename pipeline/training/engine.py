@@ -231,7 +231,7 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, stream: Batc
     s = settings
     params = [p for p in model.parameters() if p.requires_grad]
     window_loss = torch.zeros((), dtype=torch.float64, device=device)
-    window_clips, window_t0 = 0, time.perf_counter()
+    window_clips, window_steps, window_t0, window_wait0 = 0, 0, time.perf_counter(), stream.wait_s
     group_clips = micro = done = 0
     t_start, wait_start = time.perf_counter(), stream.wait_s
     while (steps is None or done < steps) and stream.has_next():
@@ -267,14 +267,17 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, stream: Batc
         optimizer.zero_grad(set_to_none=True)
         result.step += 1
         done += 1
+        window_steps += 1
         if on_log is not None and result.step % s.log_every_steps == 0:
-            elapsed = time.perf_counter() - window_t0
+            elapsed = max(time.perf_counter() - window_t0, 1e-9)
             # The one host sync of a logging window: the loss read back from the device.
             on_log({"train/step": result.step, "train/loss": float(window_loss) / window_clips,
                     "train/lr": optimizer.param_groups[0]["lr"],
-                    "train/clips_per_s_rank0": window_clips / max(elapsed, 1e-9)})
+                    "train/clips_per_s_rank0": window_clips / elapsed,
+                    "train/data_wait_frac_rank0": min((stream.wait_s - window_wait0) / elapsed, 1.0),
+                    "train/step_time_s": elapsed / window_steps})
             window_loss.zero_()
-            window_clips, window_t0 = 0, time.perf_counter()
+            window_clips, window_steps, window_t0, window_wait0 = 0, 0, time.perf_counter(), stream.wait_s
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # once per call: the time includes the device's queued work
     waited = stream.wait_s - wait_start

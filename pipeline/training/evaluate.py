@@ -25,6 +25,7 @@ import torch
 
 from pipeline import raystart, storage
 from pipeline.model import checkpoint_io
+from pipeline.progress import Progress
 from pipeline.training.metrics import ClassificationSums, per_class_accuracy
 
 log = logging.getLogger(__name__)
@@ -76,14 +77,16 @@ def evaluate(checkpoint: str | os.PathLike, manifest: str | os.PathLike, *, spli
     prob_sum: dict[str, np.ndarray] = {}
     label_of: dict[str, int] = {}
     seen: dict[str, set[int]] = {}
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for vid, p, y, view in zip(batch["video_id"], batch["probs"], batch["label"], batch["clip_index"]):
-            vid, view = str(vid), int(view)
-            if view in seen.setdefault(vid, set()):
-                raise RuntimeError(f"{manifest}: view {view} of video {vid} was scored twice")  # a pipeline bug
-            seen[vid].add(view)
-            prob_sum[vid] = prob_sum[vid] + p if vid in prob_sum else p.astype(np.float64)
-            label_of[vid] = int(y)
+    with Progress(expected_videos * num_clips * crops, desc="evaluate", unit="views") as progress:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for vid, p, y, view in zip(batch["video_id"], batch["probs"], batch["label"], batch["clip_index"]):
+                vid, view = str(vid), int(view)
+                if view in seen.setdefault(vid, set()):
+                    raise RuntimeError(f"{manifest}: view {view} of video {vid} was scored twice")  # a pipeline bug
+                seen[vid].add(view)
+                prob_sum[vid] = prob_sum[vid] + p if vid in prob_sum else p.astype(np.float64)
+                label_of[vid] = int(y)
+            progress.update(len(batch["video_id"]))
     failures = ray.get(run_state.failures.remote())
 
     video_ids = sorted(prob_sum)

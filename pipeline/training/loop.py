@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipeline import storage
 from pipeline.config import Config
 from pipeline.training import checkpoint as ckpt
 from pipeline.training import elastic, engine, summary
@@ -55,7 +56,7 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
     # --- model and resume: the latest checkpoint (a restarted worker group, a resubmitted run) replaces every
     # weight, so the starting weights (model.pretrained / init_2d / init_3d) are read only for a fresh run --------
     checkpoint = ray.train.get_checkpoint()
-    state = _load(checkpoint)
+    state, resumed_from = _load(checkpoint, rank)
     model = build_model(cfg, len(labels), starting_weights=state is None)
     if state is not None:
         model.load_state_dict(state["model"], strict=True)
@@ -88,10 +89,11 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
                                    clip_grad_norm=cfg.optim.clip_grad_norm, amp=t.amp, bn_policy=t.batchnorm,
                                    log_every_steps=t.log_every_steps)
     _begin_attempt(history, run_state, rank, world, step, start_epoch, workers, group, tracker=tracker,
-                   accum=accum, resumed_from=checkpoint and checkpoint.path, rows_trained=position.rows_trained)
-    reporter = _Reporter(rank, bare, optimizer, cfg, labels, config["schedule"], workers, history)
+                   accum=accum, resumed_from=resumed_from, rows_trained=position.rows_trained)
+    reporter = _Reporter(rank, bare, optimizer, cfg, labels, config["schedule"], workers, history, group,
+                         ckpt.UploadBudget(cfg.checkpoint.upload_retry_s))
     mid_epoch = _MidEpoch(cfg, rank)
-    on_log = _step_logger(tracker, run_state) if rank == 0 else None
+    on_log = _StepLogger(tracker, run_state, schedule, t) if rank == 0 else None
 
     # --- epochs --------------------------------------------------------------------------------------------------
     for epoch in range(start_epoch, t.epochs):
@@ -108,7 +110,7 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
             reason = mid_epoch.reason(result.step)
             if reason is not None:
                 position.sync(lambda rows: _all_gather(rows, group))
-                reporter.mid_epoch(epoch, result.step, position, reason, tracker, best_val)
+                mid_epoch.pending = not reporter.mid_epoch(epoch, result.step, position, reason, tracker, best_val)
         stream.close()
         step = result.step
         position.sync(lambda rows: _all_gather(rows, group))
@@ -123,7 +125,8 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
             epoch_time_s=time.perf_counter() - t0, best_val_before=best_val, completed=not truncated,
             resumed_from=start_epoch if checkpoint is not None else None, compiled_graphs=_compiled_graphs(t))
         best_val = metrics["best_val_top1"]
-        reporter.epoch_end(epoch, t.epochs, metrics, position, failures, tracker)
+        last = stop or epoch + 1 == t.epochs
+        mid_epoch.pending = not reporter.epoch_end(epoch, t.epochs, metrics, position, failures, tracker, last=last)
         if stop:
             break
     if rank == 0:
@@ -146,9 +149,11 @@ class _Reporter:
     schedule: dict[str, Any]
     workers: list[dict[str, Any]]
     history: list[dict[str, Any]]
+    group: Any  # the CPU process group: every rank learns whether rank 0's upload went through
+    uploads: ckpt.UploadBudget
 
     def mid_epoch(self, epoch: int, step: int, position: EpochPosition, reason: str, tracker: Tracker,
-                  best_val: float) -> None:
+                  best_val: float) -> bool:
         done, total = position.rows_trained, position.num_rows
         if self.rank == 0:
             log.info("epoch %d step %d: mid-epoch checkpoint (%s), %d/%d clips of the epoch trained, world %d",
@@ -159,10 +164,10 @@ class _Reporter:
         m = {"epoch": epoch + 1, "step": step, "lr": lr_at(step - 1, Schedule(**self.schedule)), "val_top1": -1.0,
              "epoch_complete": 0.0, "world_size": float(self.history[-1]["world"]),
              "epoch_rows_trained": float(done), "best_val_top1": best_val}
-        self._report(m, f"epoch_{epoch + 1:04d}-step_{step:07d}", epoch, step, position)
+        return self._report(m, f"epoch_{epoch + 1:04d}-step_{step:07d}", epoch, step, position)
 
     def epoch_end(self, epoch: int, epochs: int, m: dict[str, float], position: EpochPosition,
-                  failures: list[dict[str, Any]], tracker: Tracker) -> None:
+                  failures: list[dict[str, Any]], tracker: Tracker, *, last: bool) -> bool:
         complete = bool(m["epoch_complete"])
         if self.rank == 0:
             log.info("%s", summary.epoch_line(epochs, m))
@@ -173,11 +178,15 @@ class _Reporter:
         # The checkpoint counts complete epochs only; an incomplete one (train.max_steps) keeps its data position,
         # so a resume trains its other clips instead of skipping them.
         name = f"epoch_{epoch + 1:04d}" if complete else f"epoch_{epoch + 1:04d}-step_{int(m['step']):07d}"
-        self._report(m, name, epoch + 1 if complete else epoch, int(m["step"]), None if complete else position,
-                     failures)
+        return self._report(m, name, epoch + 1 if complete else epoch, int(m["step"]),
+                            None if complete else position, failures, until_done=last)
 
     def _report(self, metrics: dict[str, float], name: str, epoch: int, step: int, position: EpochPosition | None,
-                failures: list[dict[str, Any]] | None = None) -> None:
+                failures: list[dict[str, Any]] | None = None, *, until_done: bool = False) -> bool:
+        """Write, upload and report a checkpoint; False when the upload failed (the metrics are reported without
+        it, and the caller retries at the next step). Rank 0 uploads it itself, within the retry budget, and
+        hands Ray Train the finished directory (NO_UPLOAD): an upload error inside ray.train.report would leave
+        the ranks' report barrier unmatched."""
         with tempfile.TemporaryDirectory(prefix="eco-ckpt-") as tmp:
             reported = None
             if self.rank == 0:
@@ -190,8 +199,17 @@ class _Reporter:
                 state["elastic"] = [dict(h) for h in self.history]  # every worker group of the run so far
                 extra = {"workers": self.workers, **({} if failures is None else {"decode_failures": failures})}
                 directory = ckpt.save_checkpoint(Path(tmp, "checkpoint"), state, extra_json=extra)
-                reported = ray.train.Checkpoint.from_directory(str(directory))
-            ray.train.report(metrics, checkpoint=reported, checkpoint_dir_name=name)
+                run = ray.train.get_context().get_storage()
+                fs, dest = run.storage_filesystem, f"{run.experiment_fs_path}/{name}"
+                if self.uploads.upload(directory, fs, dest, until_done=until_done):
+                    reported = ray.train.Checkpoint(dest, filesystem=fs)
+            uploaded = [reported is not None]
+            if self.group is not None:
+                dist.broadcast_object_list(uploaded, src=0, group=self.group)
+            ray.train.report(metrics, checkpoint=reported, checkpoint_dir_name=name,
+                             checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD,
+                             delete_local_checkpoint_after_upload=False)
+            return bool(uploaded[0])
 
 
 class _MidEpoch:
@@ -201,8 +219,11 @@ class _MidEpoch:
     def __init__(self, cfg: Config, rank: int):
         self.every, self.check, self.rank = cfg.checkpoint.every_steps, cfg.checkpoint.preemption_check_steps, rank
         self.last_notice = None  # the notice a checkpoint was written for (ray.train.PreemptionInfo)
+        self.pending = False  # the last checkpoint's upload failed: retry at the next step
 
     def steps_to_next(self, step: int, max_steps: int) -> int | None:
+        if self.pending:
+            return 1
         n = elastic.steps_to_checkpoint(step, self.every, max_steps, self.check)
         return None if n is None else max(n, 1)  # a stream cut at max_steps ends there: never more than one
 
@@ -220,7 +241,8 @@ class _MidEpoch:
                         if notice.deadline_ms else "no deadline given")
                 log.warning("preemption notice for ranks %s on node(s) %s (%s): checkpointing at step %d",
                             notice.preempted_ranks, notice.preempted_node_ids, left, step)
-        return elastic.checkpoint_reason(step, self.every, new_notice=new)
+        reason = elastic.checkpoint_reason(step, self.every, new_notice=new)
+        return reason if reason is not None or not self.pending else "retrying a failed upload"
 
 
 def _validate(bare: nn.Module, data: RankData, cfg: Config, device, labels: list[str], rank: int,
@@ -238,11 +260,12 @@ def _validate(bare: nn.Module, data: RankData, cfg: Config, device, labels: list
     return metrics
 
 
-def _load(checkpoint) -> dict[str, Any] | None:
+def _load(checkpoint, rank: int) -> tuple[dict[str, Any] | None, str | None]:
+    """(the training state to resume from, its URI): Ray Train's latest checkpoint, or the one before it when the
+    latest is unreadable (rank 0 says so)."""
     if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as directory:
-        return ckpt.load_checkpoint(directory)
+        return None, None
+    return ckpt.load_latest_good(storage.uri_of(checkpoint.filesystem, checkpoint.path), announce=rank == 0)
 
 
 def _best_val(state: dict[str, Any] | None) -> float:
@@ -251,12 +274,29 @@ def _best_val(state: dict[str, Any] | None) -> float:
     return float(state["metrics"].get("best_val_top1", state["metrics"].get("val_top1", -1.0)))
 
 
-def _step_logger(tracker: Tracker, run_state):
-    def on_log(m: dict[str, float]) -> None:
-        tracker.log(m)
-        if run_state is not None:
-            run_state.note_step.remote(int(m["train/step"]))  # fire and forget: the next group counts redone steps
-    return on_log
+class _StepLogger:
+    """Rank 0's `on_log`: each logging window's metrics and time left to W&B, and a progress line every
+    train.progress_every_s seconds (the first window always has one, so a job log shows training started)."""
+
+    def __init__(self, tracker: Tracker, run_state, schedule: Schedule, t):
+        self.tracker, self.run_state, self.every_s = tracker, run_state, t.progress_every_s
+        self.steps_per_epoch, self.epochs = schedule.steps_per_epoch, t.epochs
+        self.total_steps = min(schedule.total_steps, t.max_steps) if t.max_steps else schedule.total_steps
+        self.last_line: float | None = None
+
+    def __call__(self, m: dict[str, float]) -> None:
+        epoch_left, run_left = summary.time_left(int(m["train/step"]), m["train/step_time_s"],
+                                                 steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
+        m = {**m, "train/epoch_time_left_s": epoch_left, "train/run_time_left_s": run_left}
+        self.tracker.log(m)
+        now = time.monotonic()
+        if self.last_line is None or now - self.last_line >= self.every_s:
+            self.last_line = now
+            log.info("%s", summary.step_line(m, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+                                             epochs=self.epochs))
+        if self.run_state is not None:
+            # Fire and forget: the next worker group counts the steps it redoes.
+            self.run_state.note_step.remote(int(m["train/step"]))
 
 
 def _begin_attempt(history: list[dict[str, Any]], run_state, rank: int, world: int, step: int, epoch: int,

@@ -116,6 +116,9 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
     if cfg.train.batchnorm == "sync" and not cfg.scaling.use_gpu:
         raise ValueError("train.batchnorm=sync needs GPUs (torch's SyncBatchNorm runs on CUDA only): set "
                          "scaling.use_gpu=true, or train.batchnorm=train on CPU")
+    # The retry budget of every storage request of the run (pipeline.storage): the variable is forwarded to the
+    # Ray processes (Train workers, decode tasks) with the other storage settings.
+    os.environ[storage.RETRY_ATTEMPTS_ENV] = str(cfg.checkpoint.storage_retry_attempts)
     _ensure_ray(cfg)
     label_names = read_labels(cfg.data.manifest)
     num_train = read_manifest(cfg.data.manifest, cfg.data.train_split).num_rows
@@ -142,6 +145,9 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
     # The splits' rows, read and validated once, in the object store: each worker makes its datasets from them.
     rows = {name: ray.put(data_pipeline.split_rows(cfg.data.manifest, split, cfg.data.format))
             for name, split in (("train_rows", cfg.data.train_split), ("val_rows", cfg.data.val_split))}
+    # Ray Train's own filesystem for the run directory (its snapshot, resume downloads) with the same retries;
+    # the checkpoints themselves are uploaded by rank 0 through it (loop._Reporter).
+    run_fs, run_path = storage.resolve(cfg.checkpoint.storage_path)
     trainer = TorchTrainer(
         _train_func,
         train_loop_config={"cfg": cfg.to_dict(), "label_names": label_names, "schedule": vars(schedule),
@@ -157,7 +163,8 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
         ),
         run_config=RunConfig(
             name=cfg.checkpoint.run_name,
-            storage_path=cfg.checkpoint.storage_path,
+            storage_path=run_path,
+            storage_filesystem=run_fs,
             # Ray Train V2 never deletes the latest checkpoint, so num_to_keep=K ranked by val_top1 keeps the K
             # best plus the latest (CheckpointManager._save_state_and_delete_old_checkpoints).
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep,

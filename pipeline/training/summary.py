@@ -63,3 +63,28 @@ def epoch_line(epochs: int, m: dict[str, float]) -> str:
                  f"mean-class {m['val_mean_class_acc']:6.1%}")
     return line + (f"  | lr {m['lr']:.2e}  {m['clips_per_s']:7.1f} clips/s  data-wait {m['data_wait_frac']:4.0%}  "
                    f"decode failures {int(m['decode_failures'])}  {m['epoch_time_s']:.0f}s")
+
+
+def time_left(step: int, step_time_s: float, *, steps_per_epoch: int, total_steps: int) -> tuple[float, float]:
+    """(seconds left in the current epoch, seconds left in the run) at `step_time_s` per optimiser step, after
+    `step` steps of a run of `total_steps` with `steps_per_epoch` (an epoch that just ended has 0 left)."""
+    in_epoch = (-step) % steps_per_epoch
+    in_run = max(total_steps - step, 0)
+    return min(in_epoch, in_run) * step_time_s, in_run * step_time_s
+
+
+def step_line(m: dict[str, float], *, steps_per_epoch: int, total_steps: int, epochs: int) -> str:
+    """Rank 0's progress line inside an epoch, from a logging window's metrics (engine.train_steps' `on_log` with
+    `train/epoch_time_left_s` and `train/run_time_left_s` added)."""
+    step = int(m["train/step"])
+    epoch = min((step - 1) // steps_per_epoch + 1, epochs)
+    return (f"step {step:>6}/{total_steps} (epoch {epoch}/{epochs})  loss {m['train/loss']:.4f}  "
+            f"{m['train/clips_per_s_rank0']:7.1f} clips/s (rank 0)  data-wait {m['train/data_wait_frac_rank0']:4.0%}"
+            f"  left: epoch {_duration(m['train/epoch_time_left_s'])}, run {_duration(m['train/run_time_left_s'])}")
+
+
+def _duration(seconds: float) -> str:
+    """3725 -> "1:02:05", 65 -> "1:05"."""
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
