@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import logging
 import os
 import warnings
@@ -261,8 +262,7 @@ def clip_dataset(cfg: Config, rows: pa.Table, *, train: bool, epoch: int = 0, nu
     if storage.storage_runtime_env():
         remote_args["runtime_env"] = storage.storage_runtime_env()
     ds = ray.data.read_datasource(source, override_num_blocks=source.num_tasks(), num_cpus=d.decode_cpus,
-                                  ray_remote_args=remote_args or None,
-                                  compute=ray.data.TaskPoolStrategy(size=workers))
+                                  compute=ray.data.TaskPoolStrategy(size=workers), **_remote_args(remote_args))
     # One output block per decode batch, sent when it is decoded: Ray Data otherwise coalesces a task's outputs
     # up to target_max_block_size (128 MiB by default, tens of training clips), which delays the first batch of
     # a pass and feeds the trainers in bursts. Larger blocks (evaluation: clips x crops per video) are split.
@@ -283,6 +283,17 @@ def clip_finish(cfg: Config, *, train: bool, crops: int = 1) -> ClipFinish | Non
     if not jpeg_mode(cfg):
         return None
     return ClipFinish(train=train, crop_size=cfg.data.crop_size, short_side=cfg.data.short_side, crops=crops)
+
+
+def _remote_args(args: dict[str, Any]) -> dict[str, Any]:
+    """`resources` / `runtime_env` for `read_datasource`: named parameters where Ray has them (2.60 deprecates
+    `ray_remote_args` and warns on every dataset), `ray_remote_args` on the older minors of the supported range."""
+    if not args:
+        return {}
+    named = inspect.signature(ray.data.read_datasource).parameters
+    if all(k in named for k in args):
+        return args
+    return {"ray_remote_args": args}
 
 
 def _check_views(num_clips: int, crops: int) -> None:
