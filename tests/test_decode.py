@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -420,7 +421,11 @@ def test_rotated_video_decodes_upright_with_display_aspect(vdir, rotation, width
 def test_av1_decodes_with_pyav_and_names_the_cause(vdir):
     if "libsvtav1" not in available_encoders():
         pytest.skip("no AV1 encoder (libsvtav1) in this PyAV build to write the test file")
+    policy = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
     path = write_video(vdir / "clip_av1.mp4", marked_frames(12, 64, 48), 8, codec="libsvtav1")
+    # SVT-AV1 makes the encoding thread real-time where it may (root): everything started afterwards would inherit
+    # SCHED_FIFO (a polling wandb-core or Ray daemon then takes a whole core).
+    assert policy is None or os.sched_getscheduler(0) == policy
     info = probe(path)  # auto
     assert (info.codec, info.backend, info.num_frames, info.width, info.height) == ("av1", "pyav", 12, 64, 48)
     idx = np.array([0, 5, 11, 5])

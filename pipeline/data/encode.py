@@ -7,7 +7,9 @@ Reading for training and inference is pipeline.data.pyav_read's; these two are t
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -34,6 +36,25 @@ def available_codecs() -> frozenset[str]:
 
 class EncodeError(RuntimeError):
     """Writing a video failed; names the output path."""
+
+
+@contextlib.contextmanager
+def _same_scheduling() -> Iterator[None]:
+    """Restore the calling thread's scheduling policy after encoding.
+
+    SVT-AV1 (libsvtav1) raises the thread that opens an encoder to SCHED_FIFO when it is allowed to (as root, in
+    containers and CI). Every process started from that thread afterwards inherits it, and a real-time process
+    that polls (Ray's daemons, wandb-core) then takes a core from everything else on the machine.
+    """
+    if not hasattr(os, "sched_getscheduler"):  # macOS: no per-thread policies to restore
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if os.sched_getscheduler(0) != policy:
+            os.sched_setscheduler(0, policy, param)
 
 
 def write_video(
@@ -103,7 +124,8 @@ def write_video(
         options["preset"] = "12"
     rate = Fraction(fps).limit_denominator(1001)
     try:
-        with av.open(str(path), mode="w", options={"movflags": "faststart"} if faststart else None) as container:
+        with _same_scheduling(), \
+                av.open(str(path), mode="w", options={"movflags": "faststart"} if faststart else None) as container:
             stream = container.add_stream(codec, rate=rate, options=options)
             stream.width, stream.height = width, height
             stream.pix_fmt = CODECS[codec]
