@@ -39,3 +39,14 @@ def ray_session():
         )
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with cluster tests first, then files with other slow tests, then the rest (collection order kept within
+    each group). `make test` runs two files at a time, so the suite ends when the last file started ends: a
+    multi-minute file started last would run alone."""
+    rank: dict[str, int] = {}
+    for item in items:
+        key = 0 if item.get_closest_marker("cluster") else 1 if item.get_closest_marker("slow") else 2
+        rank[item.nodeid.split("::")[0]] = min(key, rank.get(item.nodeid.split("::")[0], 2))
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])  # by file, so a module's fixtures are set up once
