@@ -10,7 +10,8 @@ not depend on the clips' content):
   own `clips_per_s` of the last epoch: clips / (time waiting for data + step time), so it includes every cost of
   getting batches from Ray Data but not the run's start-up, evaluation or checkpointing (reported separately as
   the epoch wall time).
-- Plain loop: the same number of steps over uint8 clips already in memory (decoded once, outside the timing),
+- Plain loop: the same number of steps over uint8 clips already in memory (decoded once, outside the timing), in a
+  fresh process with the worker's thread environment (not in the driver, which holds Ray, W&B and Arrow),
   normalised and stepped exactly like the training loop; run before and after the Ray run, the mean is the
   baseline (a shared machine's load drifts).
 Overhead = plain clips/s / Ray Train clips/s - 1 (target <= 10%).
@@ -110,6 +111,26 @@ def _plain_loop(cfg, num_classes: int, steps: int, threads: int) -> dict[str, fl
     return {"clips": steps * b, "seconds": elapsed, "clips_per_s": steps * b / elapsed, "threads": threads}
 
 
+def _plain_loop_in_child(cfg, num_classes: int, steps: int, threads: int) -> dict[str, float]:
+    """`_plain_loop` in a fresh process with a Ray worker's thread environment (OMP/MKL threads = `threads`), as
+    the training worker runs: the driver has imported Ray, W&B and Arrow and holds their objects, and its Python
+    heap (what every garbage collection walks) and OpenMP settings are not the worker's."""
+    import multiprocessing
+
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # read by the child's OpenMP runtime when torch loads
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(_plain_loop, (cfg, num_classes, steps, threads))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _worker_threads(checkpoint: str | None) -> int:
     """The torch threads the Ray Train worker trained with (its checkpoint's workers.json), else 1."""
     import json
@@ -165,14 +186,14 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False,
     result = train(cfg)
     ray_wall = time.perf_counter() - t0
     threads = _worker_threads(result.latest_checkpoint)
-    before = _plain_loop(cfg, num_classes, steps, threads)
+    before = _plain_loop_in_child(cfg, num_classes, steps, threads)
     m = result.metrics
     steady = _steady_clips_per_s(result.wandb_dir, steps_per_epoch=-(-num_train // batch), batch=batch)
     ray_side = {"clips_per_s": float(m["clips_per_s"]), "data_wait_frac": float(m["data_wait_frac"]),
                 "steady_clips_per_s": steady,
                 "clips": float(m["train_clips"]), "epoch_time_s": float(m["epoch_time_s"]),
                 "epoch_clips_per_s": float(m["train_clips"]) / float(m["epoch_time_s"]), "run_wall_s": ray_wall}
-    after = _plain_loop(cfg, num_classes, steps, threads)
+    after = _plain_loop_in_child(cfg, num_classes, steps, threads)
     plain = {"clips": before["clips"], "seconds": (before["seconds"] + after["seconds"]) / 2,
              "clips_per_s": (before["clips_per_s"] + after["clips_per_s"]) / 2,
              "before_clips_per_s": before["clips_per_s"], "after_clips_per_s": after["clips_per_s"]}
