@@ -116,19 +116,12 @@ def _plain_loop_in_child(cfg, num_classes: int, steps: int, threads: int) -> dic
     the training worker runs: the driver has imported Ray, W&B and Arrow and holds their objects, and its Python
     heap (what every garbage collection walks) and OpenMP settings are not the worker's."""
     import multiprocessing
+    from unittest import mock
 
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # read by the child's OpenMP runtime when torch loads
-    try:
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            return pool.apply(_plain_loop, (cfg, num_classes, steps, threads))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    # Read by the child's OpenMP runtime when torch loads; the driver's environment is restored afterwards.
+    with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}), \
+            multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_plain_loop, (cfg, num_classes, steps, threads))
 
 
 def _worker_threads(checkpoint: str | None) -> int:
