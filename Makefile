@@ -21,13 +21,14 @@ demo: $(STAMP)
 	$(VENV)/bin/eco demo
 
 # Two test files at a time (pytest-xdist, a whole file per process: a file's Ray instance and cluster stay in one
-# process). Every test is isolated from other Ray instances on the machine (private temp dirs, free ports).
+# process). Every test is isolated from other Ray instances on the machine (private temp dirs, free ports). Files
+# start in collection order (tests/conftest.py puts the long ones first), not xdist's most-tests-first.
 PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
 
 # The GPU path end to end on one GPU (pipeline/bench/check_gpu.py). No setup step: GPU machines may have torch but no
 # network, so it runs with .venv's Python when there is one, else the machine's python3 (torch, torchvision, numpy).
