@@ -11,7 +11,6 @@ process's environment being inherited.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,9 @@ import pytest
 from pipeline import storage
 from pipeline.data import manifest as m
 from pipeline.data import sources
-from pipeline.training.tracking import read_offline_run, sync_command
+from pipeline.training.tracking import sync_command
+from tests.wandb_offline import read_offline_run
+from s3_server import local_s3
 from train_helpers import TINY_TRAIN, TINY_VAL, tiny_config, tiny_dataset
 
 pytestmark = pytest.mark.slow
@@ -29,37 +30,12 @@ BUCKET = "eco"
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    boto3 = pytest.importorskip("boto3")
-    import ray
-    from moto.server import ThreadedMotoServer
-
-    from pipeline import raystart
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL_S3": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        if ray.is_initialized():
-            ray.shutdown()
-        assert raystart.ensure_ray(num_cpus=4) == "local"
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=BUCKET)
+    pytest.importorskip("boto3")
+    with local_s3(BUCKET) as (client, _):
         local = tiny_dataset(tmp_path_factory)
         for video in sorted((local / "videos").rglob("*.mp4")):
             client.upload_file(str(video), BUCKET, f"src/{video.parent.name}/{video.name}")
         yield client
-    finally:
-        ray.shutdown()
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_everything_on_s3(s3, tmp_path, monkeypatch, capsys):

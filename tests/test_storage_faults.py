@@ -6,7 +6,6 @@ and trains every clip once. (A truncated latest checkpoint: tests/test_checkpoin
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from s3_faults import FaultyS3Proxy
+from s3_server import local_s3
 from train_helpers import TINY_TRAIN, tiny_config, tiny_dataset
 
 pytestmark = pytest.mark.slow
@@ -25,30 +24,8 @@ RUN = "faulty"
 
 @pytest.fixture(scope="module")
 def faulty_s3(tmp_path_factory):
-    boto3 = pytest.importorskip("boto3")
-    import logging
-
-    import ray
-    from moto.server import ThreadedMotoServer
-
-    from pipeline import raystart
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request at INFO
-    host, port = server.get_host_and_port()
-    proxy = FaultyS3Proxy(f"http://{host}:{port}", fail_every=7).start()
-    env = {"AWS_ENDPOINT_URL_S3": proxy.url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-    saved = {k: os.environ.get(k) for k in (*env, "ECO_STORAGE_RETRY_ATTEMPTS")}
-    os.environ.update(env)
-    try:
-        if ray.is_initialized():
-            ray.shutdown()
-        assert raystart.ensure_ray(num_cpus=4) == "local"
-        # The test's own view of the bucket goes past the proxy.
-        client = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
-        client.create_bucket(Bucket=BUCKET)
+    pytest.importorskip("boto3")
+    with local_s3(BUCKET, fail_every=7) as (client, proxy):
         local = tiny_dataset(tmp_path_factory)
         table = pq.read_table(local / "manifest.parquet")
         uris = []
@@ -61,15 +38,6 @@ def faulty_s3(tmp_path_factory):
                        data / "manifest.parquet")
         (data / "labels.json").write_text((local / "labels.json").read_text())
         yield proxy, client, data
-    finally:
-        ray.shutdown()
-        proxy.stop()
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _stored_checkpoints(client) -> dict[str, set[str]]:
@@ -85,7 +53,7 @@ def _stored_checkpoints(client) -> dict[str, set[str]]:
 def test_training_through_storage_faults_an_outage_and_the_resubmission(faulty_s3, tmp_path, monkeypatch):
     from pipeline.training.checkpoint import load_checkpoint
     from pipeline.training.run import train
-    from pipeline.training.tracking import read_offline_run
+    from tests.wandb_offline import read_offline_run
 
     proxy, client, data = faulty_s3
     monkeypatch.chdir(tmp_path)  # the W&B run of a URI storage path lands below the working directory
@@ -133,8 +101,7 @@ def test_training_through_storage_faults_an_outage_and_the_resubmission(faulty_s
     assert load_checkpoint(f"{runs}/{RUN}/epoch_0001-step_0000001")["step"] == 1
 
     # Step-level progress went to W&B with the figures of the printed line; at the last step no time is left. Read
-    # from every folder of the run: a step the failed first run had already logged is not logged again on resume,
-    # and how far the first run's W&B got before it stopped varies.
+    # from every sealed segment of the run: a step the failed first run had sealed is not logged again on resume.
     rows = [r for d in result.wandb_runs for r in read_offline_run(d).history if "train/step_time_s" in r]
     last = max(rows, key=lambda r: r["train/step"])
     assert last["train/step"] == 3 and 0 <= last["train/data_wait_frac_rank0"] <= 1
