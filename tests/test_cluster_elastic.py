@@ -32,8 +32,8 @@ import yaml
 
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.optim import Schedule, lr_at
-from pipeline.training.tracking import find_offline_runs, read_offline_run
 from cluster_helpers import EXCLUDES, RAY, ROOT, LocalCluster, free_ports, node_ports
+from tests.wandb_offline import sealed_offline_runs
 from train_helpers import TINY_TRAIN, tiny_config, tiny_dataset, registered_checkpoints
 
 # ~150 s here; its own waits for the job allow up to 20 minutes on a loaded machine.
@@ -177,27 +177,19 @@ def test_elastic_run_shrinks_and_grows_back(tiny_data, tmp_path):
     # scaling.worker_group_start_timeout_s reached Ray Train's controller (it is an environment variable there).
     assert "timed out after 60.0 seconds" not in log_text
 
-    # One offline-run folder per worker group, all one W&B run. The node is stopped with its whole process group
-    # (no drain, no notice): when rank 0 of the first group ran there, its wandb-core died before writing, and
-    # that folder has no records; the checkpoints' history above is the full record.
-    runs = [read_offline_run(p) for p in find_offline_runs(run_dir)]
-    runs = [r for r in runs if r.values("elastic/world_size")]
-    assert [r.values("elastic/world_size")[0] for r in runs] in ([2, 1, 2], [1, 2])
+    # W&B: the sealed segments (one per checkpoint, sealed before it is reported: pipeline.training.tracking) are
+    # one W&B run holding every step once, from every group: a step redone after a lost group is logged by the
+    # group that redid it (the lost group's unsealed rows are not uploaded). Every logged step has the lr of the
+    # schedule at that step, and the world sizes are those of the groups in turn.
+    runs = sealed_offline_runs(run_dir)
     assert len({r.run_id for r in runs}) == 1
-    # Step and learning rate continuous: each group's logged steps go on from the step it restored, one by one, and
-    # every logged step has the lr of the schedule at that step. (A group torn down with its node loses the W&B
-    # records it had not flushed yet, so the first group's tail is not asserted here: the history above is.)
     schedule = Schedule(**{**final["schedule"], "milestones": tuple(final["schedule"]["milestones"])})
-    for run, group, end in zip(runs[-2:], history[1:], (5 - 1, EPOCHS * STEPS_PER_EPOCH)):
-        logged = [(int(row["train/step"]), row["train/lr"]) for row in run.history if "train/lr" in row]
-        steps = [s for s, _ in logged]
-        # One by one up to the group's end. A redone step that the lost group had already written to W&B is not
-        # logged again (one W&B run holds every step once, pipeline.training.tracking), so the group's first logged
-        # step is the one after its checkpoint, or after the redone steps when the lost group flushed them.
-        assert steps == list(range(steps[0], end + 1))
-        assert group["step"] + 1 <= steps[0] <= group["step"] + 1 + group["steps_redone"]
-        for step, lr in logged:
-            assert lr == pytest.approx(lr_at(step - 1, schedule), rel=1e-12)
+    logged = [(int(row["train/step"]), row["train/lr"]) for r in runs for row in r.history if "train/lr" in row]
+    assert [s for s, _ in logged] == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
+    for step, lr in logged:
+        assert lr == pytest.approx(lr_at(step - 1, schedule), rel=1e-12)
+    worlds = [row["elastic/world_size"] for r in runs for row in r.history if "elastic/world_size" in row]
+    assert [w for i, w in enumerate(worlds) if i == 0 or worlds[i - 1] != w] == [2, 1, 2]
 
     # The data position: the one-worker group resumed epoch 1 with the 8 clips two workers had trained in steps
     # 1-2 (positions recorded at the checkpoint), trained the other 4 once, and the regrown group did the same in

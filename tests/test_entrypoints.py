@@ -15,7 +15,6 @@ A training job across two nodes is tests/test_cluster_elastic.py's; training its
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -28,8 +27,8 @@ import yaml
 from pipeline.data.manifest import read_manifest
 from pipeline.inference.batch import read_predictions
 from pipeline.training.checkpoint import load_checkpoint
-from pipeline.training.tracking import find_offline_runs, read_offline_run
 from cluster_helpers import EXCLUDES, RAY, ROOT, LocalCluster, node_ports
+from tests.wandb_offline import find_offline_runs, read_offline_run
 from train_helpers import TINY_VAL, tiny_config, tiny_dataset
 
 # ~50 s of cluster start-up here; the submitted jobs run under their own 900 s limits.

@@ -15,7 +15,8 @@ import pytest
 
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.run import train
-from pipeline.training.tracking import find_offline_runs, read_offline_run, run_id, sync_command, wandb_dir
+from pipeline.training.tracking import run_id, sync_command, wandb_dir
+from tests.wandb_offline import find_offline_runs, read_offline_run
 from train_helpers import tiny_config, tiny_dataset, registered_checkpoints
 
 pytestmark = pytest.mark.slow
@@ -82,10 +83,11 @@ def test_killed_worker_resumes_from_last_checkpoint(tiny_data, tmp_path):
     assert (before["epoch"], before["step"]) == (1, STEPS_PER_EPOCH)
 
     # --- W&B: one run across both attempts, uploaded by the one printed command, every epoch and step once -----
-    # One folder per attempt that logged something (the restarted attempt logs at least what the killed one had
-    # not yet logged when it died; normally the rest of epoch 2).
-    assert 1 <= len(result.wandb_runs) <= 2
-    assert result.wandb_runs == [str(p) for p in find_offline_runs(wandb_dir(cfg))]
+    # One sealed segment per checkpoint: epoch 1's, then the restarted attempt's epoch 2. The killed attempt's rows
+    # after epoch 1's checkpoint (unsealed, possibly lost with its wandb-core) are left out: that attempt's work was
+    # redone and logged again.
+    found = [str(p) for p in find_offline_runs(wandb_dir(cfg))]
+    assert len(result.wandb_runs) == 2 and set(result.wandb_runs) <= set(found) and len(found) <= 3
     assert sync_command(result.wandb_runs) in result.describe()
     assert all(Path(d).name.endswith(f"-{run_id(cfg)}") for d in result.wandb_runs)  # one W&B run id
     attempts = [read_offline_run(d) for d in result.wandb_runs]

@@ -149,7 +149,7 @@ def tiny_data(sweep_ray, ray_session, tmp_path_factory):
 @pytest.mark.slow
 def test_sweep_asha_over_ray_train_then_resume(tiny_data, tmp_path):
     from pipeline.training.sweep import run_sweep
-    from pipeline.training.tracking import find_offline_runs, read_offline_run
+    from tests.wandb_offline import find_offline_runs, read_offline_run
 
     # One worker per trial (test_train covers 2-rank DDP): a trial holds 0.01 + 1 + 2 x 0.5 CPUs, 2 trials fit in 5.
     # max_failures=1: a worker that the node's memory monitor kills (a busy shared CI machine) restarts from the

@@ -16,7 +16,8 @@ from pipeline.model import eco_lite
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.evaluate import evaluate
 from pipeline.training.run import train
-from pipeline.training.tracking import find_offline_runs, read_offline_run, run_id, wandb_dir
+from pipeline.training.tracking import run_id, wandb_dir
+from tests.wandb_offline import find_offline_runs, read_offline_run
 from train_helpers import TINY_CLASSES, TINY_TRAIN, TINY_VAL, tiny_config, tiny_dataset
 
 pytestmark = pytest.mark.slow

@@ -27,7 +27,8 @@ from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.engine import rank_seed
 from pipeline.training.evaluate import evaluate
 from pipeline.training.run import train
-from pipeline.training.tracking import find_offline_runs, read_offline_run, wandb_dir
+from pipeline.training.tracking import wandb_dir
+from tests.wandb_offline import find_offline_runs, read_offline_run
 from tests.residency import resident_batch  # by package path: Ray workers import it to unpickle the hook
 from train_helpers import TINY_VAL, tiny_config, tiny_dataset
 
@@ -115,10 +116,12 @@ def test_resident_batches_bn_statistics_rank_seeds_partial_epoch_resume(tiny_dat
     assert runs[-1].summary["best_val_top1"] == pytest.approx(max(vals))
     # Submitting the same run name again is one W&B run: one offline folder per launch, the same run id (wandb sync
     # appends), each step once.
-    assert len(runs) == 2 and runs[0].run_id == runs[1].run_id
-    assert (runs[0].values("train/step"), runs[1].values("train/step")) == ([1, 2], [3, 4, 5, 6])
+    # A segment per checkpoint (sealed before it is reported): the stopped launch's, then the resumed launch's
+    # epoch 1 end and epoch 2.
+    assert len(runs) == 3 and len({r.run_id for r in runs}) == 1 and all(r.exited for r in runs)
+    assert [r.values("train/step") for r in runs] == [[1, 2], [3], [4, 5, 6]]
     # The stopped launch logged epoch 1 incomplete; the resumed launch's row for the completed epoch 1 is in W&B too.
-    assert (runs[0].values("epoch"), runs[1].values("epoch")) == ([1, 1], [1, 1, 2, 2])  # epoch row + evaluation row
+    assert [r.values("epoch") for r in runs] == [[1, 1], [1, 1], [2, 2]]  # epoch row + evaluation row
     # Keep-best + latest (checkpoint.num_to_keep=1): the latest is epoch 2; the best is the highest val_top1.
     assert second.latest_checkpoint.endswith("epoch_0002")
     assert load_checkpoint(second.best_checkpoint)["metrics"]["val_top1"] == pytest.approx(max(vals))

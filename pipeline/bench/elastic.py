@@ -209,12 +209,13 @@ class _Preemptor(threading.Thread):
 
 
 def _preemption_checkpoints(run_dir: Path) -> list[tuple[int, float]]:
-    """(step, unix time) of the checkpoints written on a preemption notice, from the run's W&B offline records
-    (a group torn down with its node may not have flushed its last records: then none is found)."""
-    from pipeline.training.tracking import find_offline_runs, read_offline_run
+    """(step, unix time) of the checkpoints written on a preemption notice, from the rows the run logged in its
+    sealed W&B segments (each is sealed just before its checkpoint is reported)."""
+    from pipeline.training.tracking import RUNS_RECORD, read_rows
 
-    return [(int(row["train/step"]), float(row["_timestamp"])) for path in find_offline_runs(run_dir)
-            for row in read_offline_run(path).history if row.get("elastic/preemption_checkpoint")]
+    record = json.loads((run_dir / RUNS_RECORD).read_text()) if (run_dir / RUNS_RECORD).is_file() else {}
+    return [(int(row["train/step"]), float(row["time"])) for r in record.get("runs", []) if r.get("sealed")
+            for row in read_rows(r["dir"]) if row.get("elastic/preemption_checkpoint")]
 
 
 @dataclass(frozen=True)

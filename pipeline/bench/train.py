@@ -135,15 +135,13 @@ def _worker_threads(checkpoint: str | None) -> int:
         return 1
 
 
-def _steady_clips_per_s(wandb_run: str | None, *, steps_per_epoch: int, batch: int) -> float:
+def _steady_clips_per_s(wandb_runs: list[str], *, steps_per_epoch: int, batch: int) -> float:
     """Clips/s of the last epoch's steps except its first (which waits for the epoch's first decoded batch),
-    from the per-step `train/clips_per_s_rank0` (wall time of each step, data wait included) in the W&B run."""
-    from pipeline.training.tracking import read_offline_run
+    from the per-step `train/clips_per_s_rank0` (wall time of each step, data wait included) the run logged."""
+    from pipeline.training.tracking import read_rows
 
-    if not wandb_run:
-        return float("nan")
-    run = read_offline_run(wandb_run)
-    rates = {int(r["train/step"]): float(r["train/clips_per_s_rank0"]) for r in run.history
+    rows = [r for folder in wandb_runs for r in read_rows(folder)]
+    rates = {int(r["train/step"]): float(r["train/clips_per_s_rank0"]) for r in rows
              if "train/step" in r and "train/clips_per_s_rank0" in r}
     last = max(rates, default=0)
     first_of_last_epoch = last - steps_per_epoch + 1
@@ -181,7 +179,7 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False,
     threads = _worker_threads(result.latest_checkpoint)
     before = _plain_loop_in_child(cfg, num_classes, steps, threads)
     m = result.metrics
-    steady = _steady_clips_per_s(result.wandb_dir, steps_per_epoch=-(-num_train // batch), batch=batch)
+    steady = _steady_clips_per_s(result.wandb_runs, steps_per_epoch=-(-num_train // batch), batch=batch)
     ray_side = {"clips_per_s": float(m["clips_per_s"]), "data_wait_frac": float(m["data_wait_frac"]),
                 "steady_clips_per_s": steady,
                 "clips": float(m["train_clips"]), "epoch_time_s": float(m["epoch_time_s"]),

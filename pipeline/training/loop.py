@@ -129,8 +129,6 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
         mid_epoch.pending = not reporter.epoch_end(epoch, t.epochs, metrics, position, failures, tracker, last=last)
         if stop:
             break
-    if rank == 0:
-        tracker.summary({"best_val_top1": best_val})
     tracker.finish()
 
 
@@ -161,6 +159,7 @@ class _Reporter:
             tracker.log({"train/step": step, "elastic/world_size": self.history[-1]["world"],
                          "elastic/epoch_rows_trained": done,
                          "elastic/preemption_checkpoint": int(reason == "preemption notice")})
+            tracker.seal()  # what this checkpoint covers is on disk before a resume can start from it
         m = {"epoch": epoch + 1, "step": step, "lr": lr_at(step - 1, Schedule(**self.schedule)), "val_top1": -1.0,
              "epoch_complete": 0.0, "world_size": float(self.history[-1]["world"]),
              "epoch_rows_trained": float(done), "best_val_top1": best_val}
@@ -174,7 +173,9 @@ class _Reporter:
             if m["decode_failures"]:
                 log.warning("epoch %d dropped %d clips (%s): listed in the checkpoint's decode_failures.json",
                             epoch + 1, int(m["decode_failures"]), summary.failure_reasons(failures, epoch))
+            tracker.summary({"best_val_top1": m["best_val_top1"]})
             tracker.log({"epoch": epoch + 1, **{f"epoch/{k}": v for k, v in m.items() if k != "epoch"}})
+            tracker.seal()
         # The checkpoint counts complete epochs only; an incomplete one (train.max_steps) keeps its data position,
         # so a resume trains its other clips instead of skipping them.
         name = f"epoch_{epoch + 1:04d}" if complete else f"epoch_{epoch + 1:04d}-step_{int(m['step']):07d}"

@@ -49,7 +49,7 @@ class TrainResult:
     best_checkpoint: str | None
     metrics: dict[str, Any] = field(default_factory=dict)
     wandb_dir: str | None = None  # the newest offline-run folder
-    wandb_runs: list[str] = field(default_factory=list)  # every attempt's folder, oldest first: sync them all
+    wandb_runs: list[str] = field(default_factory=list)  # every sealed segment, oldest first: sync them all
     wandb_host: str | None = None  # where the folders are, when not on this machine
 
     def describe(self) -> str:
@@ -183,7 +183,9 @@ def train(cfg: Config, *, callbacks: Sequence[Any] = (),
     with controller_env(cfg):
         result = trainer.fit()
     best = max(result.best_checkpoints or [], key=lambda cm: cm[1].get(SCORE, -1.0), default=None)
-    runs = tracking.recorded_runs(cfg) if cfg.wandb.enabled and cfg.wandb.mode == "offline" else []
+    # The sealed segments only: an unsealed one (a killed attempt's rows after its last checkpoint) was redone.
+    runs = [r for r in tracking.recorded_runs(cfg) if r.get("sealed")] \
+        if cfg.wandb.enabled and cfg.wandb.mode == "offline" else []
     hosts = {r.get("host") for r in runs} - {socket.gethostname()}
     return TrainResult(
         run_name=cfg.checkpoint.run_name,

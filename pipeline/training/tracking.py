@@ -6,15 +6,17 @@ storage directory when it is local (else under `wandb.dir`, default `outputs/wan
 directory), so `wandb sync <dirs>` uploads them later. The API key is read by wandb itself from the environment
 (WANDB_API_KEY) in online mode; this module never reads, prints or stores it.
 
-One W&B run holds every attempt of a training run: the run id is a function of (storage, run
-name), and each attempt (a worker-group restart after a failure, or a resubmission) writes its own
-`offline-run-*` folder for that id. Every folder is recorded in `<storage>/<run>/wandb_runs.json` (local or on
-object storage, so the driver finds them wherever rank 0 ran), and the run's summary prints one `wandb sync`
-command naming all of them. An attempt that resumes from a checkpoint does not log again what an earlier attempt
-of the same run already logged (steps and epochs up to the earlier folders' last ones), so every epoch appears
-once; and an attempt with nothing left to train (a finished run resubmitted) creates no folder at all.
-
-`read_offline_run` reads an offline run back from its `.wandb` file, for tests and for the demo's summary.
+One W&B run holds every attempt of a training run: the run id is a function of (storage, run name). Offline, the
+W&B run is written in segments, one `offline-run-*` folder each, sealed at every checkpoint: wandb-core keeps the
+last 32 KiB of its log in memory until the run finishes, so a killed worker loses its last rows, and only a
+finished segment is known to hold what was logged. Sealing a segment (finishing it, then recording its last step
+and epoch in `<storage>/<run>/wandb_runs.json`) happens before the checkpoint is reported, so every checkpoint a
+later attempt can resume from is covered by sealed segments. A resumed attempt skips the rows the sealed segments
+hold and logs everything after them again; an unsealed segment (a killed attempt's rows after its last
+checkpoint, possibly lost) is left out of the upload, its work redone. `wandb sync` of the sealed segments, oldest
+first, therefore gives every step and epoch once. An attempt with nothing left to log creates no folder at all.
+Each segment also holds `rows.jsonl`, the scalar rows as this module logged them (for benchmarks and readers that
+should not parse W&B's private log).
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import socket
-import struct
-import zlib
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ from pipeline.config import Config
 
 log = logging.getLogger(__name__)
 
-RUNS_RECORD = "wandb_runs.json"  # in the Ray run directory: every offline-run folder of every attempt
+RUNS_RECORD = "wandb_runs.json"  # in the Ray run directory: every segment folder of every attempt
+ROWS_FILE = "rows.jsonl"  # in each segment folder: its scalar rows, as logged
 
 
 def wandb_dir(cfg: Config) -> Path:
@@ -61,7 +63,7 @@ def runs_record(cfg: Config) -> str:
 
 
 def recorded_runs(cfg: Config) -> list[dict[str, Any]]:
-    """The offline-run folders every attempt of this run recorded, oldest first: {"dir", "host"} each."""
+    """Every segment folder of this run, oldest first: {"dir", "host", "sealed", "last_step", "last_epoch"}."""
     try:
         return list(json.loads(storage.read_text(runs_record(cfg))).get("runs", []))
     except FileNotFoundError:
@@ -70,35 +72,29 @@ def recorded_runs(cfg: Config) -> list[dict[str, Any]]:
         raise ValueError(f"{runs_record(cfg)}: not a W&B runs record ({e})") from e
 
 
+def read_rows(folder: str | Path) -> list[dict[str, Any]]:
+    """The scalar rows this module logged into a segment folder, in order (its own record, not W&B's log)."""
+    path = Path(folder, ROWS_FILE)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def sync_command(dirs: list[str]) -> str:
     """The one command that uploads every folder, oldest first (wandb sync appends to the same run id)."""
     return "wandb sync " + " ".join(dirs)
 
 
-def _record_run(cfg: Config, run_dir: Path) -> None:
-    runs = [r for r in recorded_runs(cfg) if r.get("dir") != str(run_dir)]
-    runs.append({"dir": str(run_dir), "host": socket.gethostname()})
-    storage.write_text(runs_record(cfg), json.dumps({"runs": runs}, indent=2))
+def _record_run(cfg: Config, entry: dict[str, Any]) -> None:
+    runs = [r for r in recorded_runs(cfg) if r.get("dir") != entry["dir"]]
+    storage.write_text(runs_record(cfg), json.dumps({"runs": [*runs, entry]}, indent=2))
 
 
-def _already_logged(directory: Path, run_id_: str) -> tuple[int, int]:
-    """(last train/step, last epoch) logged by earlier offline folders of this W&B run id under `directory`."""
-    step = epoch = 0
-    # wandb names the folder offline-run-<time>-<id>; the id inside the log is not enough, as an attempt killed
-    # early may leave a log whose run record was never written.
-    for folder in find_offline_runs(directory):
-        if not folder.name.endswith(f"-{run_id_}"):
-            continue
-        try:
-            run = read_offline_run(folder)
-        except (FileNotFoundError, ValueError):
-            continue  # a folder without a readable log logged nothing that reaches the dashboard
-        step = max([step, *(int(v) for v in run.values("train/step"))])
-        # An epoch stopped inside (train.max_steps, epoch/epoch_complete 0) is not logged yet: the resumed
-        # attempt's row for the completed epoch must still reach W&B.
-        epoch = max([epoch, *(int(row["epoch"]) for row in run.history
-                              if row.get("epoch/epoch_complete") == 1)])
-    return step, epoch
+def _sealed_progress(cfg: Config) -> tuple[int, int]:
+    """(last train/step, last complete epoch) held by the sealed segments of earlier attempts."""
+    sealed = [r for r in recorded_runs(cfg) if r.get("sealed")]
+    return (max((int(r.get("last_step", 0)) for r in sealed), default=0),
+            max((int(r.get("last_epoch", 0)) for r in sealed), default=0))
 
 
 def run_id(cfg: Config) -> str:
@@ -112,16 +108,21 @@ def run_id(cfg: Config) -> str:
 class Tracker:
     """A W&B run on rank 0, a silent no-op elsewhere or when disabled.
 
-    The run starts at the first row this attempt logs, so an attempt with nothing to log writes no folder.
+    A segment starts at the first row logged after the last seal, so an attempt with nothing to log writes no
+    folder.
     """
 
     def __init__(self, cfg: Config, *, rank: int, extra_config: dict[str, Any] | None = None):
         self.run = None
         self._cfg, self._extra = cfg, extra_config
         self._active = rank == 0 and cfg.wandb.enabled and cfg.wandb.mode != "disabled"
-        self._logged_step = self._logged_epoch = 0
-        if self._active and cfg.wandb.mode == "offline":
-            self._logged_step, self._logged_epoch = _already_logged(wandb_dir(cfg), run_id(cfg))
+        self._segments = self._active and cfg.wandb.mode == "offline"
+        self._logged_step = self._logged_epoch = 0  # what sealed segments hold: not logged again
+        if self._segments:
+            self._logged_step, self._logged_epoch = _sealed_progress(cfg)
+        self._last_step, self._last_epoch = self._logged_step, self._logged_epoch
+        self._summary: dict[str, Any] = {}
+        self._rows = None  # the segment's rows.jsonl, open for appending
 
     def start(self) -> bool:
         """Start the run now (a fresh run: its run record is on disk before anything can kill the worker, e.g. a
@@ -157,18 +158,38 @@ class Tracker:
         self.run.define_metric("epoch")
         for prefix in ("epoch/*", "val/*"):
             self.run.define_metric(prefix, step_metric="epoch")
-        if cfg.wandb.mode == "offline":
-            _record_run(cfg, self.local_dir)
+        for k, v in self._summary.items():
+            self.run.summary[k] = v
+        if self._segments:
+            _record_run(cfg, self._entry(sealed=False))
+            self._rows = open(Path(self.local_dir, ROWS_FILE), "a")  # noqa: SIM115 - closed at the seal
         log.info("W&B run %s (%s) in %s", self.run.id, cfg.wandb.mode, self.local_dir)
         return True
 
+    def _entry(self, *, sealed: bool) -> dict[str, Any]:
+        entry = {"dir": str(self.local_dir), "host": socket.gethostname(), "sealed": sealed}
+        return {**entry, "last_step": self._last_step, "last_epoch": self._last_epoch} if sealed else entry
+
     def _new(self, metrics: dict[str, Any]) -> bool:
-        """False for a row an earlier attempt of this run already logged (a resumed attempt redoing work)."""
+        """False for a row a sealed segment already holds (a resumed attempt redoing work)."""
         if "train/step" in metrics and int(metrics["train/step"]) <= self._logged_step:
             return False
         if "epoch" in metrics and int(metrics["epoch"]) <= self._logged_epoch:
             return False
         return True
+
+    def _logged(self, metrics: dict[str, Any]) -> None:
+        if "train/step" in metrics:
+            self._last_step = max(self._last_step, int(metrics["train/step"]))
+        # An epoch stopped inside (train.max_steps, epoch/epoch_complete 0) is not done: the resumed attempt's
+        # row for the completed epoch must still reach W&B.
+        if "epoch" in metrics and metrics.get("epoch/epoch_complete") == 1:
+            self._last_epoch = max(self._last_epoch, int(metrics["epoch"]))
+        if self._rows is not None:
+            scalars = {k: v for k, v in metrics.items()
+                       if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
+            self._rows.write(json.dumps({**scalars, "time": time.time()}) + "\n")
+            self._rows.flush()
 
     @property
     def enabled(self) -> bool:
@@ -182,6 +203,7 @@ class Tracker:
     def log(self, metrics: dict[str, Any]) -> None:
         if self._new(metrics) and self._start():
             self.run.log(metrics)
+            self._logged(metrics)
 
     def log_evaluation(self, epoch: int, confusion: np.ndarray, label_names: list[str],
                        clips: np.ndarray | None = None, labels: list[int] | None = None,
@@ -214,16 +236,43 @@ class Tracker:
                 for i, clip in enumerate(clips)
             ]
         self.run.log(payload)
+        self._logged({"epoch": epoch})
 
     def summary(self, values: dict[str, Any]) -> None:
+        """Summary values of the W&B run: set now and in every later segment (the last one sealed wins)."""
+        self._summary.update(values)
         if self.run is not None:
             for k, v in values.items():
                 self.run.summary[k] = v
 
+    def seal(self) -> None:
+        """End the segment before a checkpoint is reported: finish it (wandb-core writes out what it holds) and
+        record how far it got. The next row starts the next segment."""
+        if self.run is None or not self._segments:
+            return
+        entry = self._entry(sealed=True)
+        self._close()
+        try:
+            _record_run(self._cfg, entry)
+        except OSError as e:  # the segment counts as unsealed: left out of the upload, its rows logged again
+            log.warning("W&B segment %s not recorded as sealed (%s)", entry["dir"], e)
+            return
+        self._logged_step, self._logged_epoch = self._last_step, self._last_epoch
+
     def finish(self) -> None:
+        if self._segments:
+            self.seal()
+        self._close()
+
+    def _close(self) -> None:
+        if self._rows is not None:
+            self._rows.close()
+            self._rows = None
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
 
 
 def _frame_strip(clip: np.ndarray) -> np.ndarray:
@@ -238,105 +287,3 @@ def _caption(i: int, labels, preds, names: list[str]) -> str:
         return f"clip {i}"
     text = f"true: {names[labels[i]]}"
     return text + (f" / pred: {names[preds[i]]}" if preds is not None else "")
-
-
-# --- reading an offline run back ---------------------------------------------------------------------------
-
-# The .wandb file is a LevelDB-style log (the same framing wandb's own former `datastore` module read): a 7-byte
-# header ":W&B" + 0xBEE1 + version, then 32 KiB blocks of chunks, each `crc32 (4) | length (2) | type (1) | data`,
-# where type FULL/FIRST/MIDDLE/LAST reassembles one serialized `wandb.proto.wandb_internal_pb2.Record`.
-_HEADER = b":W&B\xe1\xbe"
-_BLOCK = 32768
-_CHUNK_HEADER = 7
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
-
-
-@dataclass
-class OfflineRun:
-    """What an offline run recorded: the config, each history row (logged dict), the final summary, files."""
-
-    path: Path
-    run_id: str = ""
-    project: str = ""
-    group: str = ""
-    tags: list[str] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
-    files: list[str] = field(default_factory=list)
-    exited: bool = False
-
-    def values(self, key: str) -> list[Any]:
-        """Every logged value of `key`, in logging order."""
-        return [row[key] for row in self.history if key in row]
-
-
-def find_offline_runs(root: str | Path) -> list[Path]:
-    """The `offline-run-*` directories below `root`, oldest first."""
-    return sorted(Path(root).rglob("offline-run-*"), key=lambda p: p.name)
-
-
-def read_offline_run(run_dir: str | Path) -> OfflineRun:
-    """Parse `run-<id>.wandb` in an offline run directory with wandb's protobuf `Record` definitions."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    run_dir = Path(run_dir)
-    files = sorted(run_dir.glob("run-*.wandb"))
-    if not files:
-        raise FileNotFoundError(f"{run_dir}: no run-*.wandb file (expected an offline-run-* directory)")
-    out = OfflineRun(path=run_dir)
-    for raw in _records(files[0]):
-        record = pb.Record()
-        record.ParseFromString(raw)
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            out.run_id, out.project = record.run.run_id, record.run.project
-            out.group, out.tags = record.run.run_group, list(record.run.tags)
-            out.config.update({u.key: json.loads(u.value_json) for u in record.run.config.update})
-        elif kind == "config":
-            out.config.update({u.key: json.loads(u.value_json) for u in record.config.update})
-        elif kind == "history":
-            out.history.append({_key(i): json.loads(i.value_json) for i in record.history.item})
-        elif kind == "summary":
-            out.summary.update({_key(u): json.loads(u.value_json) for u in record.summary.update})
-        elif kind == "files":
-            out.files.extend(f.path for f in record.files.files)
-        elif kind == "exit":
-            out.exited = True
-    out.config.pop("_wandb", None)
-    return out
-
-
-def _key(item) -> str:
-    return "/".join(item.nested_key) if item.nested_key else item.key
-
-
-def _records(path: Path):
-    data = path.read_bytes()
-    if not data.startswith(_HEADER):
-        raise ValueError(f"{path}: not a W&B transaction log (bad header {data[:7]!r})")
-    pos, pending = len(_HEADER) + 1, b""
-    while pos + _CHUNK_HEADER <= len(data):
-        left = _BLOCK - pos % _BLOCK
-        if left < _CHUNK_HEADER:  # block trailer padding
-            pos += left
-            continue
-        crc, length, kind = struct.unpack("<IHB", data[pos:pos + _CHUNK_HEADER])
-        if kind == 0 and length == 0:  # zero-filled tail of a block
-            pos += left
-            continue
-        chunk = data[pos + _CHUNK_HEADER:pos + _CHUNK_HEADER + length]
-        if len(chunk) < length:
-            break  # a run still being written: its last record is incomplete
-        if zlib.crc32(bytes([kind]) + chunk) != crc:
-            raise ValueError(f"{path}: corrupt record at byte {pos} (checksum mismatch)")
-        pos += _CHUNK_HEADER + length
-        if kind == _FULL:
-            yield chunk
-        elif kind == _FIRST:
-            pending = chunk
-        elif kind == _MIDDLE:
-            pending += chunk
-        elif kind == _LAST:
-            yield pending + chunk
-            pending = b""
