@@ -146,7 +146,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
-    return run_demo(out_dir=args.out, overrides=args.overrides) or 0
+    return run_demo(out_dir=args.out, overrides=args.overrides, videos_per_class=args.videos_per_class) or 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthetic data -> 2-worker Ray Train run -> evaluation (make demo)")
     p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--videos-per-class", type=int, default=None, metavar="N",
+                   help="size of the synthetic dataset (default 60 per class, 3/4 for training: what the 90%% "
+                        "target is measured on); fewer for a quicker look at the whole path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the demo recipe (jobs/configs/synthetic_demo.yaml), e.g. train.epochs=5")
     p.set_defaults(func=cmd_demo)

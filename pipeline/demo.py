@@ -7,8 +7,10 @@ on a 2-core machine. The recipe is jobs/configs/synthetic_demo.yaml.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -26,7 +28,7 @@ VIDEO_FRAMES = 32
 
 
 def run_demo(out_dir: str | os.PathLike = "outputs/demo", *, shuffle_frames: bool = False,
-             overrides: list[str] | None = None) -> int:
+             overrides: list[str] | None = None, videos_per_class: int | None = None) -> int:
     """Run the demo end to end and print the figures; returns 0 when the accuracy target is met, else 1.
 
     `shuffle_frames=True` runs the temporal control (frames shuffled in time; expect chance, docs/temporal_control.md).
@@ -39,6 +41,10 @@ def run_demo(out_dir: str | os.PathLike = "outputs/demo", *, shuffle_frames: boo
     from pipeline.training.evaluate import evaluate
     from pipeline.training.run import train
 
+    per_class = videos_per_class or VIDEOS_PER_CLASS
+    if per_class < 4:
+        raise ValueError(f"videos_per_class={per_class}: expected at least 4 (each class needs training and "
+                         f"validation videos)")
     started = time.perf_counter()
     out = Path(out_dir).absolute()
     data = out / "data"
@@ -46,11 +52,14 @@ def run_demo(out_dir: str | os.PathLike = "outputs/demo", *, shuffle_frames: boo
     # decode actors (Ray schedules by logical CPUs; the work itself shares the cores).
     raystart.ensure_ray(num_cpus=4)
 
-    if (data / "summary.json").is_file() and (data / "manifest.parquet").is_file():
+    existing = _existing_videos(data)
+    if existing == CLASSES * per_class:
         print(f"[demo] reusing the synthetic dataset in {data}")
     else:
-        print(f"[demo] writing the synthetic temporal task ({CLASSES} classes x {VIDEOS_PER_CLASS} videos) to {data}")
-        make_synthetic(data, classes=CLASSES, videos_per_class=VIDEOS_PER_CLASS, size=VIDEO_SIZE,
+        if existing is not None:  # an earlier demo's dataset of another size: its videos would join the new ones
+            shutil.rmtree(data / "videos", ignore_errors=True)
+        print(f"[demo] writing the synthetic temporal task ({CLASSES} classes x {per_class} videos) to {data}")
+        make_synthetic(data, classes=CLASSES, videos_per_class=per_class, size=VIDEO_SIZE,
                        frames=VIDEO_FRAMES, seed=0)
     t_data = time.perf_counter() - started
 
@@ -86,3 +95,13 @@ def run_demo(out_dir: str | os.PathLike = "outputs/demo", *, shuffle_frames: boo
     print(f"[demo] target: top-1 >= {TARGET_TOP1:.0%} within 15 min -> "
           f"{'MET' if met and wall <= 15 * 60 else 'NOT MET'}")
     return 0 if met else 1
+
+
+def _existing_videos(data: Path) -> int | None:
+    """How many videos an earlier demo prepared in `data` (None when there is no complete dataset there)."""
+    try:
+        if not (data / "manifest.parquet").is_file():
+            return None
+        return int(json.loads((data / "summary.json").read_text())["accepted"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
