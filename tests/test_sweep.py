@@ -149,7 +149,7 @@ def tiny_data(sweep_ray, ray_session, tmp_path_factory):
 @pytest.mark.slow
 def test_sweep_asha_over_ray_train_then_resume(tiny_data, tmp_path):
     from pipeline.training.sweep import run_sweep
-    from tests.wandb_offline import find_offline_runs, read_offline_run
+    from tests.wandb_offline import find_offline_runs, sealed_offline_runs
 
     # One worker per trial (test_train covers 2-rank DDP): a trial holds 0.01 + 1 + 2 x 0.5 CPUs, 2 trials fit in 5.
     # max_failures=1: a worker that the node's memory monitor kills (a busy shared CI machine) restarts from the
@@ -192,26 +192,21 @@ def test_sweep_asha_over_ray_train_then_resume(tiny_data, tmp_path):
     assert all(row["best_val_top1"] == pytest.approx(by_lr[row["optim.lr"]].best_val_top1) for row in table)
     assert (sweep / PLOT_FILE).stat().st_size > 0
 
-    # --- W&B: one offline run per trial, all in the sweep's group, the override in the run's config ---------------
-    # (A restarted worker group appends to the same W&B run id in a second offline-run directory.)
+    # --- W&B: one W&B run per trial, in the sweep's group, the override in the run's config ------------------------
+    # What each trial uploads is its sealed segments (pipeline.training.tracking): every epoch it reported was
+    # sealed before the report (ASHA stops a trial at a report), so they hold each of its epochs once. A segment
+    # started after the last seal and killed with the trial holds nothing that is uploaded.
     runs = {t.trial: find_offline_runs(sweep / RUNS_DIR / t.trial) for t in result.trials}
     assert all(found for found in runs.values()), runs
     for t in result.trials:
-        logged = [read_offline_run(found) for found in runs[t.trial]]
-        # A worker killed before wandb-core wrote its first records (a trial ASHA stops, or a worker group that a
-        # busy machine's memory monitor killed and Ray Train restarted) leaves an offline run without any; every
-        # run with records is the trial's one W&B run, in the sweep's group.
-        recorded = [run for run in logged if run.run_id]
-        if not recorded:
-            assert t.stopped_early, runs[t.trial]  # a completed trial's run has its records
-            continue
-        assert {(run.group, run.run_id) for run in recorded} == {("lr-sweep", recorded[0].run_id)}
-        assert all("sweep:lr-sweep" in run.tags for run in recorded)
-        assert recorded[0].config["optim"]["lr"] == t.overrides["optim.lr"]
-        assert recorded[0].config["checkpoint"]["run_name"] == t.trial
-        epochs = sorted({e for run in logged for e in run.values("epoch")})
-        # A stopped trial's worker is killed with the trial: wandb may not have flushed its last epoch by then.
-        assert epochs == list(range(1, t.epochs_run + 1)) if not t.stopped_early else set(epochs) <= {1}
+        sealed = sealed_offline_runs(sweep / RUNS_DIR / t.trial)
+        assert sealed, t.trial
+        assert {(run.group, run.run_id) for run in sealed} == {("lr-sweep", sealed[0].run_id)}
+        assert all("sweep:lr-sweep" in run.tags for run in sealed)
+        assert sealed[0].config["optim"]["lr"] == t.overrides["optim.lr"]
+        assert sealed[0].config["checkpoint"]["run_name"] == t.trial
+        epochs = [row["epoch"] for run in sealed for row in run.history if "epoch/step" in row]
+        assert epochs == list(range(1, t.epochs_run + 1)), (t.trial, epochs)
 
     # --- resubmitting the finished sweep reruns nothing -------------------------------------------------------------
     before = {t.trial: sorted(p.name for p in Path(t.run_dir).glob("epoch_*")) for t in result.trials}
