@@ -179,3 +179,12 @@ def test_native_decoders_stay_behind_their_modules():
     assert _third_party_importers("decord") <= {"pipeline.data.decord_backend", "pipeline.bench.baselines"}
     assert _third_party_importers("av") <= {"pipeline.data.encode", "pipeline.data.pyav_read", "pipeline.bench.baselines"}
     assert "pipeline.data.decord_backend" in _third_party_importers("decord")
+
+
+def test_wandb_stays_behind_tracking_and_its_private_log_is_not_read():
+    """wandb only in pipeline.training.tracking, and no library module reads W&B's private transaction log (its
+    protobuf records): W&B continuity comes from the project's own record (tests/wandb_offline.py reads the log
+    back, as a test tool)."""
+    assert _third_party_importers("wandb") == {"pipeline.training.tracking"}
+    readers = [p for p in PACKAGE.rglob("*.py") if any(s in p.read_text() for s in ("wandb_internal_pb2", "wandb.proto"))]
+    assert readers == []
