@@ -186,5 +186,5 @@ def test_wandb_stays_behind_tracking_and_its_private_log_is_not_read():
     protobuf records): W&B continuity comes from the project's own record (tests/wandb_offline.py reads the log
     back, as a test tool)."""
     assert _third_party_importers("wandb") == {"pipeline.training.tracking"}
-    readers = [p for p in PACKAGE.rglob("*.py") if any(s in p.read_text() for s in ("wandb_internal_pb2", "wandb.proto"))]
-    assert readers == []
+    private = ("wandb_internal_pb2", "wandb.proto")
+    assert [p for p in PACKAGE.rglob("*.py") if any(name in p.read_text() for name in private)] == []
