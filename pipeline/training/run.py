@@ -62,7 +62,7 @@ class TrainResult:
         lines.append(f"  best checkpoint    {self.best_checkpoint}  (by {SCORE})")
         if self.wandb_runs:
             where = f" on {self.wandb_host}" if self.wandb_host else ""
-            lines.append(f"  W&B offline run    {len(self.wandb_runs)} folder(s){where}, one W&B run; upload: "
+            lines.append(f"  W&B offline run    {len(self.wandb_runs)} segment folder(s){where}, one W&B run; upload: "
                          f"{tracking.sync_command(self.wandb_runs)}")
         return "\n".join(lines)
 
