@@ -139,7 +139,8 @@ def probe(path: str, *, num_threads: int = 1, min_side: int = MIN_SIDE, exact: b
     The verdict comes from the same FFmpeg scan whatever the backend, so decord and PyAV agree on it.
     `decoder`: "decord", "pyav", or "auto" (on files with a short side of TRIAL_MIN_SIDE or more: PyAV unless a
     trial clip shows decord faster by TRIAL_MARGIN with the same frames, the timings in `trial_ms`; on smaller
-    files decord; PyAV for codecs decord lacks, files decord cannot decode and damaged files accepted partially).
+    files decord; PyAV for codecs decord lacks, files decord cannot decode and damaged files accepted partially;
+    "decord" refuses a damaged file even with `accept_partial`).
     The result's `backend` names the one chosen.
     Width and height are the display's (rotation applied).
     Raises DecodeError with a reason code.
@@ -154,6 +155,12 @@ def probe(path: str, *, num_threads: int = 1, min_side: int = MIN_SIDE, exact: b
     if min(width, height) < min_side:
         raise DecodeError(path, "too_small", f"{width}x{height} frames; need a short side >= {min_side} px")
     scan = scan_damage(file, num_threads=num_threads, accept_partial=accept_partial) if exact else None
+    if decoder == "decord" and scan is not None and scan["damage"]:
+        # decord's threaded decoder feeds packets ahead of the frame it returns: on a damaged file even the clean
+        # head's frames fail now and then (the damaged packet reached first), so a clip would be dropped at random.
+        raise DecodeError(path, scan["damage"], f"{scan['damage']} after frame {scan['clean_frames']}: decord cannot "
+                                                f"be trusted with a damaged file's clean head; probe it with "
+                                                f"decoder auto or pyav to keep those frames")
     trial = None
     if decoder == "auto":
         # Backends that cannot decode this codec are skipped; a damaged file's clean head goes to PyAV: decord's
