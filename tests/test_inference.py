@@ -232,8 +232,10 @@ def test_batch_predict_two_actors_resume_and_bad_files(tiny_task, tmp_path, ray_
     with caplog.at_level(logging.INFO, logger="pipeline.progress"):
         second = batch_predict(manifest, ckpt, out, top_k=2, features=True, actors=2, batch_size=2,
                                decode_batch_size=2, rows_per_part=2)
-    assert second.complete and second.skipped == done_before
-    left = len(good) + len(bad) - done_before
+    # A part whose task was running when the first run stopped may land after it returned: the resume skips
+    # whatever is on disk when it starts.
+    assert second.complete and second.skipped >= done_before
+    left = len(good) + len(bad) - second.skipped
     assert second.predicted + second.failed == left
     lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.progress"]
     counts = [int(re.match(rf"predict: (\d+)/{left} videos", line).group(1)) for line in lines]

@@ -135,15 +135,24 @@ def batch_predict(manifest: str | Path, checkpoint: str | Path, out: str | Path,
 
     predicted = failed = parts = 0
     complete = True
-    with Progress(pending, desc="predict", unit="videos") as progress:
-        for summary in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            part_predicted = int(pc.sum(summary["predicted"]).as_py() or 0)
-            part_failed = int(pc.sum(summary["failed"]).as_py() or 0)
-            predicted, failed, parts = predicted + part_predicted, failed + part_failed, parts + summary.num_rows
-            progress.update(part_predicted + part_failed)
-            if max_parts is not None and parts >= max_parts:
-                complete = False
-                break
+    batches = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    try:
+        with Progress(pending, desc="predict", unit="videos") as progress:
+            for summary in batches:
+                part_predicted = int(pc.sum(summary["predicted"]).as_py() or 0)
+                part_failed = int(pc.sum(summary["failed"]).as_py() or 0)
+                predicted, failed, parts = predicted + part_predicted, failed + part_failed, parts + summary.num_rows
+                progress.update(part_predicted + part_failed)
+                if max_parts is not None and parts >= max_parts:
+                    complete = False
+                    break
+    finally:
+        # Stop Ray Data's execution now rather than when the iterator is garbage-collected: the pipeline runs
+        # ahead of this loop and would go on writing parts after an early stop. (A part whose task was already
+        # running may still land: parts appear atomically, and a resume skips its rows.)
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
     return BatchSummary(out=out, manifest_rows=manifest_rows, skipped=manifest_rows - pending, predicted=predicted,
                         failed=failed, parts=parts, seconds=time.perf_counter() - start, complete=complete)
 
