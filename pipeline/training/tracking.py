@@ -254,8 +254,10 @@ class Tracker:
         self._close()
         try:
             _record_run(self._cfg, entry)
-        except OSError as e:  # the segment counts as unsealed: left out of the upload, its rows logged again
-            log.warning("W&B segment %s not recorded as sealed (%s)", entry["dir"], e)
+        except OSError as e:  # storage down past its retries: the segment counts as unsealed (not in the printed
+            # sync command); the folder itself is complete, so the warning names it for a `wandb sync` by hand
+            log.warning("W&B segment %s is complete but could not be recorded as sealed (%s): add it to the "
+                        "run's `wandb sync` yourself", entry["dir"], e)
             return
         self._logged_step, self._logged_epoch = self._last_step, self._last_epoch
 
