@@ -338,19 +338,25 @@ class Config:
         return Config.from_dict(data)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML recipe (None: defaults) and apply `--set` overrides."""
+def read_yaml(path: str | Path, what: str, error: type[Exception] = ConfigError) -> Any:
+    """The YAML document at `path` ({} when empty); `error` names the file as `what` ("config file", ...) when it
+    is missing or not YAML."""
     import yaml  # here, not at the top: the GPU check imports this module on machines without PyYAML
 
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise error(f"{what} {path} is not valid YAML: {e}") from e
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML recipe (None: defaults) and apply `--set` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        data = read_yaml(path, "config file")
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(data).__name__}")
         # Recipes may carry prose (command, expected time/accuracy) under `recipe:`; it is not configuration.

@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config, ConfigError, read_yaml
 
 KINDS = ("choice", "grid", "uniform", "loguniform")
 # The sweep owns where each trial writes (checkpoint.*), how it is tracked (wandb.*) and the per-trial resources
@@ -84,13 +82,7 @@ def load_space(path: str | Path, recipe: Config) -> SweepSpace:
 
     A `recipe:` mapping (command, expected time, findings) is prose and ignored, as in training recipes.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"sweep space {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise SweepError(f"sweep space {path} is not valid YAML: {e}") from e
+    data = read_yaml(path, "sweep space", SweepError)
     try:
         return parse_space(data, recipe)
     except SweepError as e:
