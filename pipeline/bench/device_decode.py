@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bench._common import CpuTimer, Timing, make_videos, write_results
+from pipeline.bench._common import CpuTimer, Timing, write_results
 
 log = logging.getLogger(__name__)
 
@@ -111,20 +111,15 @@ def _ray_stage(shard_dir: Path, clips: int, decode_on: str, rows_per_batch: int)
 
 def measure(work_dir: str | Path | None = None, *, quick: bool = False, clips: int | None = None,
             videos: int | None = None, ray_stage: bool = True) -> dict[str, Any]:
-    import pyarrow.parquet as pq
     import torch
 
-    from pipeline.bench.shards import _cpu_name, _write_in_process
+    from pipeline.bench.shards import _cpu_name, _write_in_process, source_videos
     from pipeline.data.clips import ShardClipDecoder, ShardJpegDecoder
     from pipeline.data.jpeg_clips import ClipFinish, decode_clips
 
     torch.set_num_threads(1)  # per-core figures
     work = Path(work_dir or tempfile.mkdtemp(prefix="eco-bench-device-decode-"))
-    n_videos = videos or (2 if quick else 8)
-    seconds = 3.0 if quick else 10.0
-    n_clips = clips or (16 if quick else 400)
-    manifest_dir = make_videos(work / "videos", count=n_videos, seconds=seconds, fps=30, size=(340, 256), gop=250)
-    video_rows = pq.read_table(manifest_dir / "manifest.parquet").to_pylist()
+    manifest_dir, video_rows, n_clips, setup = source_videos(work, quick=quick, clips=clips, videos=videos)
     written = _write_in_process(manifest_dir, work / "shards_arrow", fmt="arrow", fps=None, quality=90)
     batches = _batches(written["rows"], n_clips)
     kwargs = dict(train=True, num_segments=SEGMENTS, short_side=SHORT_SIDE, crop_size=CROP, multiscale=True,
@@ -163,9 +158,7 @@ def measure(work_dir: str | Path | None = None, *, quick: bool = False, clips: i
             if started:
                 ray.shutdown()
     return {
-        "setup": {"videos": n_videos, "seconds": seconds, "size": "340x256", "fps": 30, "gop": 250,
-                  "mp4_kbit_per_s": sum(r["size_bytes"] for r in video_rows) * 8 / 1000 / (n_videos * seconds),
-                  "segments": SEGMENTS, "short_side": SHORT_SIDE, "crop": CROP, "jpeg_quality": 90, "threads": 1,
+        "setup": {**setup, "segments": SEGMENTS, "short_side": SHORT_SIDE, "crop": CROP, "jpeg_quality": 90, "threads": 1,
                   "rows_per_batch": ROWS_PER_BATCH, "trainer_batch": TRAINER_BATCH, "cpu": _cpu_name()},
         "worker": {name: {"clips": tm.clips, "cpu_s": tm.cpu_s, "wall_s": tm.wall_s,
                           "clips_per_cpu_s": tm.clips_per_cpu_s, "ms_per_clip": 1000 * tm.cpu_s / tm.clips}

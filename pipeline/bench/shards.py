@@ -77,6 +77,20 @@ def _write_in_process(manifest_dir: Path, out: Path, *, fmt: str, fps: float | N
             "source_frames": sum(r["num_frames"] for r in rows)}
 
 
+def source_videos(work: Path, *, quick: bool, clips: int | None, videos: int | None
+                  ) -> tuple[Path, list[dict[str, Any]], int, dict[str, Any]]:
+    """The shard benchmarks' sources: (manifest dir, manifest rows, clips to decode, the setup's figures) for
+    340x256 30 fps videos with a 250-frame GOP (long seeks, as in real footage); `quick` for a smoke test."""
+    import pyarrow.parquet as pq
+
+    n_videos, seconds = videos or (2 if quick else 8), 3.0 if quick else 10.0
+    manifest_dir = make_videos(work / "videos", count=n_videos, seconds=seconds, fps=30, size=(340, 256), gop=250)
+    rows = pq.read_table(manifest_dir / "manifest.parquet").to_pylist()
+    setup = {"videos": n_videos, "seconds": seconds, "size": "340x256", "fps": 30, "gop": 250,
+             "mp4_kbit_per_s": sum(r["size_bytes"] for r in rows) * 8 / 1000 / (n_videos * seconds)}
+    return manifest_dir, rows, clips or (16 if quick else 400), setup
+
+
 def measure_shards(work_dir: str | Path | None = None, *, quick: bool = False, clips: int | None = None,
                    videos: int | None = None, quality: int = 90) -> dict[str, Any]:
     """Measure MP4 vs Arrow/Parquet shard clips per CPU-second in one process; returns a results dict."""
@@ -89,14 +103,7 @@ def measure_shards(work_dir: str | Path | None = None, *, quick: bool = False, c
 
     torch.set_num_threads(1)  # per-core figures: one thread for the transforms and the JPEG decoder
     work = Path(work_dir or tempfile.mkdtemp(prefix="eco-bench-shards-"))
-    n_videos = videos or (2 if quick else 8)
-    seconds = 3.0 if quick else 10.0
-    n_clips = clips or (16 if quick else 400)
-    manifest_dir = make_videos(work / "videos", count=n_videos, seconds=seconds, fps=30, size=(340, 256), gop=250)
-
-    import pyarrow.parquet as pq
-
-    video_rows = pq.read_table(manifest_dir / "manifest.parquet").to_pylist()
+    manifest_dir, video_rows, n_clips, setup = source_videos(work, quick=quick, clips=clips, videos=videos)
     written = {fmt: _write_in_process(manifest_dir, work / f"shards_{fmt}", fmt=fmt, fps=None, quality=quality)
                for fmt in ("arrow", "parquet")}
     reader = ShardReader()
@@ -132,9 +139,7 @@ def measure_shards(work_dir: str | Path | None = None, *, quick: bool = False, c
                         "source_frames": w["source_frames"], "shard_mb": w["shard_bytes"] / 2**20,
                         "source_mb": w["source_bytes"] / 2**20, "ratio": w["shard_bytes"] / w["source_bytes"]})
     return {
-        "setup": {"videos": n_videos, "seconds": seconds, "size": "340x256", "fps": 30, "gop": 250,
-                  "mp4_kbit_per_s": sum(r["size_bytes"] for r in video_rows) * 8 / 1000 / (n_videos * seconds),
-                  "segments": SEGMENTS, "short_side": SHORT_SIDE, "crop": CROP, "jpeg_quality": quality,
+        "setup": {**setup, "segments": SEGMENTS, "short_side": SHORT_SIDE, "crop": CROP, "jpeg_quality": quality,
                   "threads": 1, "cpu": _cpu_name()},
         "paths": paths,
         # The issue's criterion: shards vs the naive MP4 path. The ratio to the project's (tuned) MP4 path is the
